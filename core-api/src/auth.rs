@@ -1,0 +1,221 @@
+//! Credentials: who is calling the HTTP API.
+//!
+//! `Authorization: Bearer <…>` carries one of: the operator token (from configuration),
+//! a tenant API key (`rk_<tenant>_<secret>`, stored as a SHA-256 hash), or an API
+//! session token (an EdDSA JWT with `aud = "api"`) of an agent or a visitor. Passwords
+//! are hashed with argon2.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::RngCore;
+use relaydesk_shared::token::Role;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::AppState;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    ApiKey { tenant: Uuid },
+    Agent { tenant: Uuid, id: Uuid, role: Role },
+    Visitor { tenant: Uuid, id: Uuid },
+}
+
+impl Caller {
+    pub fn tenant(&self) -> Result<Uuid> {
+        match self {
+            Caller::Operator => Err(Error::forbidden("the operator token has no tenant")),
+            Caller::ApiKey { tenant }
+            | Caller::Agent { tenant, .. }
+            | Caller::Visitor { tenant, .. } => Ok(*tenant),
+        }
+    }
+
+    /// Tenant API keys and admins manage the tenant.
+    pub fn tenant_admin(&self) -> Result<Uuid> {
+        match self {
+            Caller::ApiKey { tenant }
+            | Caller::Agent {
+                tenant,
+                role: Role::Admin,
+                ..
+            } => Ok(*tenant),
+            _ => Err(Error::forbidden("needs the tenant's API key or an admin")),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(Error::unauthorized)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(Error::unauthorized)?;
+        authenticate(state, token).await
+    }
+}
+
+async fn authenticate(state: &AppState, token: &str) -> Result<Caller> {
+    if constant_time_eq(token.as_bytes(), state.config.operator_token.as_bytes()) {
+        return Ok(Caller::Operator);
+    }
+    if let Some(tenant) = api_key_tenant(token) {
+        let hash = sha256(token);
+        let mut client = state.pool.get().await?;
+        let tx = crate::db::tenant_tx(&mut client, tenant).await?;
+        let found = tx
+            .query_opt(
+                "SELECT 1 FROM api_keys WHERE tenant_id = $1 AND key_hash = $2",
+                &[&tenant, &hash],
+            )
+            .await?;
+        tx.commit().await?;
+        return found
+            .map(|_| Caller::ApiKey { tenant })
+            .ok_or_else(Error::unauthorized);
+    }
+    let claims = state
+        .api_tokens
+        .verify(token)
+        .map_err(|_| Error::unauthorized())?;
+    Ok(match claims.role {
+        Role::Visitor => Caller::Visitor {
+            tenant: claims.tid,
+            id: claims.sub,
+        },
+        role => Caller::Agent {
+            tenant: claims.tid,
+            id: claims.sub,
+            role,
+        },
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new API key for `tenant`: shown once, stored only as its hash.
+pub fn new_api_key(tenant: Uuid) -> (String, Vec<u8>) {
+    let key = format!("rk_{}_{}", tenant.simple(), random_hex(24));
+    let hash = sha256(&key);
+    (key, hash)
+}
+
+fn api_key_tenant(token: &str) -> Option<Uuid> {
+    let rest = token.strip_prefix("rk_")?;
+    let (tenant, _) = rest.split_once('_')?;
+    Uuid::try_parse(tenant).ok()
+}
+
+/// A public site key that names its tenant: `site_<tenant>_<random>`.
+pub fn new_site_key(tenant: Uuid) -> String {
+    format!("site_{}_{}", tenant.simple(), random_hex(8))
+}
+
+pub fn site_key_tenant(key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix("site_")?;
+    let (tenant, _) = rest.split_once('_')?;
+    Uuid::try_parse(tenant).ok()
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn sha256(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+/// Hashes a password with argon2 (off the async runtime: it is deliberately slow).
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|e| Error::Internal(e.to_string()))
+}
+
+pub async fn verify_password(password: String, hash: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Verifies a visitor's identity hash: hex HMAC-SHA256 of `external_id` under the
+/// tenant's identity secret.
+pub fn identity_hash_valid(secret: &str, external_id: &str, hash: &str) -> bool {
+    use hmac::{Mac, SimpleHmac};
+    let Ok(expected) = hex::decode(hash.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = SimpleHmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(external_id.as_bytes());
+    mac.verify_slice(&expected).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_tenant() {
+        let t = Uuid::new_v4();
+        let (key, hash) = new_api_key(t);
+        assert_eq!(api_key_tenant(&key), Some(t));
+        assert_eq!(hash, sha256(&key));
+        assert_eq!(site_key_tenant(&new_site_key(t)), Some(t));
+        assert_eq!(api_key_tenant("rk_nope_x"), None);
+    }
+
+    #[test]
+    fn identity_hash() {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = SimpleHmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(b"user-1");
+        let good = hex::encode(mac.finalize().into_bytes());
+        assert!(identity_hash_valid("s3cret", "user-1", &good));
+        assert!(!identity_hash_valid("s3cret", "user-2", &good));
+        assert!(!identity_hash_valid("other", "user-1", &good));
+        assert!(!identity_hash_valid("s3cret", "user-1", "zz"));
+    }
+
+    #[tokio::test]
+    async fn passwords() {
+        let h = hash_password("pw-1".into()).await.unwrap();
+        assert!(verify_password("pw-1".into(), h.clone()).await.unwrap());
+        assert!(!verify_password("pw-2".into(), h).await.unwrap());
+    }
+}

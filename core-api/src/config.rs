@@ -1,0 +1,140 @@
+//! core-api configuration: one typed struct, read once from environment variables.
+
+use std::time::Duration;
+
+/// Everything core-api needs to run. Tests build it with [`Config::new`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL as the non-owner application role (`DATABASE_URL`).
+    pub database_url: String,
+    /// Size of the PostgreSQL pool (`DATABASE_POOL`, default 16).
+    pub database_pool: usize,
+    /// Redis (`REDIS_URL`).
+    pub redis_url: String,
+    /// Key prefix isolating a deployment in Redis (`REDIS_PREFIX`, default `rd`).
+    pub redis_prefix: String,
+    /// Number of ingress shards; must match the edges' (`INGRESS_SHARDS`, default 16).
+    pub ingress_shards: u16,
+    /// Ed25519 private key, PKCS#8 PEM (`TOKEN_SIGNING_KEY_FILE` or `TOKEN_SIGNING_KEY`).
+    pub signing_key_pem: Vec<u8>,
+    /// Bearer token of the deployment's operator (`OPERATOR_TOKEN`).
+    pub operator_token: String,
+    /// Public WebSocket URLs of the edges, handed out with connection tokens (`EDGE_URLS`,
+    /// space-separated).
+    pub edge_urls: Vec<String>,
+    /// This process's consumer name in the ingress group (`CORE_ID`, default random).
+    pub core_id: String,
+    /// Entries pending longer than this on another consumer are reclaimed
+    /// (`CLAIM_IDLE_MS`, default 10000).
+    pub claim_idle: Duration,
+    /// Most entries read from each shard per batch (`BATCH_SIZE`, default 256).
+    pub batch_size: u64,
+    /// Approximate bound of each edge's egress stream (`EGRESS_MAXLEN`, default 100000).
+    pub egress_maxlen: u64,
+    /// Lifetime of connection tokens (`CONNECT_TOKEN_TTL_SECS`, default 3600).
+    pub connect_token_ttl: Duration,
+    /// Lifetime of agent and visitor API tokens (`SESSION_TTL_SECS`, default 43200).
+    pub session_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be set")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(
+        database_url: impl Into<String>,
+        redis_url: impl Into<String>,
+        redis_prefix: impl Into<String>,
+        signing_key_pem: Vec<u8>,
+        operator_token: impl Into<String>,
+    ) -> Self {
+        Config {
+            database_url: database_url.into(),
+            database_pool: 16,
+            redis_url: redis_url.into(),
+            redis_prefix: redis_prefix.into(),
+            ingress_shards: 16,
+            signing_key_pem,
+            operator_token: operator_token.into(),
+            edge_urls: vec!["ws://127.0.0.1:8081/v1/ws".into()],
+            core_id: format!("core-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            claim_idle: Duration::from_secs(10),
+            batch_size: 256,
+            egress_maxlen: 100_000,
+            connect_token_ttl: Duration::from_secs(3600),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+
+    /// Reads the configuration from the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let signing_key_pem = match (var("TOKEN_SIGNING_KEY_FILE"), var("TOKEN_SIGNING_KEY")) {
+            (Some(path), _) => std::fs::read(&path).map_err(|e| ConfigError::Invalid {
+                name: "TOKEN_SIGNING_KEY_FILE",
+                reason: format!("cannot read {path}: {e}"),
+            })?,
+            (None, Some(pem)) => pem.into_bytes(),
+            (None, None) => return Err(ConfigError::Missing("TOKEN_SIGNING_KEY_FILE")),
+        };
+        let mut c = Config::new(
+            var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?,
+            var("REDIS_URL").ok_or(ConfigError::Missing("REDIS_URL"))?,
+            var("REDIS_PREFIX").unwrap_or_else(|| "rd".into()),
+            signing_key_pem,
+            var("OPERATOR_TOKEN").ok_or(ConfigError::Missing("OPERATOR_TOKEN"))?,
+        );
+        if c.operator_token.len() < 16 {
+            return Err(ConfigError::Invalid {
+                name: "OPERATOR_TOKEN",
+                reason: "use at least 16 characters".into(),
+            });
+        }
+        c.database_pool = parse("DATABASE_POOL", c.database_pool)?;
+        c.ingress_shards = parse("INGRESS_SHARDS", c.ingress_shards)?;
+        if c.ingress_shards == 0 {
+            return Err(ConfigError::Invalid {
+                name: "INGRESS_SHARDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(urls) = var("EDGE_URLS") {
+            c.edge_urls = urls.split_whitespace().map(str::to_owned).collect();
+        }
+        if let Some(id) = var("CORE_ID") {
+            c.core_id = id;
+        }
+        c.claim_idle =
+            Duration::from_millis(parse("CLAIM_IDLE_MS", c.claim_idle.as_millis() as u64)?);
+        c.batch_size = parse("BATCH_SIZE", c.batch_size)?;
+        c.egress_maxlen = parse("EGRESS_MAXLEN", c.egress_maxlen)?;
+        c.connect_token_ttl = Duration::from_secs(parse(
+            "CONNECT_TOKEN_TTL_SECS",
+            c.connect_token_ttl.as_secs(),
+        )?);
+        c.session_ttl = Duration::from_secs(parse("SESSION_TTL_SECS", c.session_ttl.as_secs())?);
+        Ok(c)
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,543 @@
+//! The ingress consumer: reads edges' entries through the `core` consumer group, commits
+//! them, publishes the results, and only then acknowledges them.
+//!
+//! # Delivery guarantee
+//! A `send` counts as accepted when its batch's transaction has committed; the
+//! `accepted` frame is published after that commit, and the entry is XACKed after the
+//! publish. A crash at any step loses nothing:
+//! - before commit: the entry stays pending; a live core-api (or this one, restarted)
+//!   reclaims it with XAUTOCLAIM once it has been idle for `claim_idle`, and commits it;
+//! - after commit, before publish: the reclaimed entry hits the dedupe key, gets the
+//!   stored `seq`, and is published then (`msg` to subscribers, `accepted` to the sender);
+//! - after publish, before XACK: the same, so subscribers may see the `msg` twice; edges
+//!   drop it by `seq`, and a sender may see `accepted` twice with the same `seq`.
+//!
+//! Messages committed by different processes may reach an edge out of `seq` order; the
+//! edge reorders, and repairs a persisting gap with a replay from PostgreSQL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use relaydesk_shared::bus::{self, Egress, Ingress, Source};
+use relaydesk_shared::wire::{Accepted, Actor, Message, ServerFrame};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::fanout::Out;
+use crate::store::{self, NewMessage, Outcome, Receipt};
+use crate::AppState;
+
+/// Most messages sent in one replay chunk.
+const REPLAY_CHUNK: i64 = 500;
+
+/// One entry read from an ingress stream.
+struct Entry {
+    stream: String,
+    id: String,
+    data: Option<Ingress>,
+}
+
+/// Runs until `shutdown`: read a batch, process it, repeat; reclaim and trim on a timer.
+pub async fn run(state: Arc<AppState>, reader: Client, shutdown: CancellationToken) {
+    let streams: Vec<String> = (0..state.config.ingress_shards)
+        .map(|s| state.keys.ingress(s))
+        .collect();
+    if let Err(e) = create_groups(&reader, &streams).await {
+        tracing::error!(error = %e, "cannot create the ingress consumer groups");
+    }
+    let me = state.config.core_id.clone();
+    let reclaim_every = (state.config.claim_idle / 2).max(Duration::from_millis(200));
+    let mut last_reclaim = Instant::now();
+    let mut last_trim = Instant::now();
+    tracing::info!(consumer = %me, shards = streams.len(), "ingress consumer started");
+    while !shutdown.is_cancelled() {
+        if last_reclaim.elapsed() >= reclaim_every {
+            last_reclaim = Instant::now();
+            if let Err(e) = reclaim(&state, &reader, &streams, &me).await {
+                tracing::warn!(error = %e, "reclaim failed");
+            }
+        }
+        if last_trim.elapsed() >= Duration::from_secs(10) {
+            last_trim = Instant::now();
+            trim(&reader, &streams).await;
+        }
+        let ids: Vec<&str> = vec![">"; streams.len()];
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = reader.xreadgroup::<Value, _, _, _, _>(
+                bus::INGRESS_GROUP, me.as_str(), Some(state.config.batch_size), Some(500), false,
+                streams.clone(), ids) => r,
+        };
+        let entries = match read {
+            Ok(resp) => stream_entries(resp),
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress read failed");
+                if e.details().contains("NOGROUP") {
+                    let _ = create_groups(&reader, &streams).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        if let Err(e) = process(&state, &reader, entries).await {
+            // The entries stay pending and are reclaimed after `claim_idle`.
+            tracing::warn!(error = %e, "batch failed; its entries will be reclaimed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tracing::info!(consumer = %me, "ingress consumer stopped");
+}
+
+async fn create_groups(reader: &Client, streams: &[String]) -> Result<()> {
+    for s in streams {
+        match reader
+            .xgroup_create::<Value, _, _, _>(s.as_str(), bus::INGRESS_GROUP, "0", true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.details().contains("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Entries of an XREADGROUP answer (nil when a blocking read times out; an array of
+/// `[stream, entries]` pairs in RESP2, a map in RESP3).
+fn stream_entries(resp: Value) -> Vec<Entry> {
+    let pairs: Vec<(Value, Value)> = match resp {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop()?;
+                    Some((kv.pop()?, entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (stream, entries) in pairs {
+        let Some(stream) = stream.as_string() else {
+            continue;
+        };
+        out.extend(entries_of(&stream, entries));
+    }
+    out
+}
+
+/// `[[id, [field, value, …]], …]` → entries; entries deleted meanwhile (nil fields) are
+/// kept with no data so that they are acknowledged.
+fn entries_of(stream: &str, entries: Value) -> Vec<Entry> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(mut parts) = e else {
+                return None;
+            };
+            if parts.len() != 2 {
+                return None;
+            }
+            let fields = parts.pop()?;
+            let id = parts.pop()?.as_string()?;
+            let mut map = HashMap::new();
+            if let Value::Array(flat) = fields {
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if let (Some(k), Some(v)) = (k.as_string(), v.as_string()) {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            Some(entry(stream.to_owned(), id, &map))
+        })
+        .collect()
+}
+
+fn entry(stream: String, id: String, fields: &HashMap<String, String>) -> Entry {
+    let data = fields
+        .get(bus::FIELD_DATA)
+        .and_then(|d| match serde_json::from_str::<Ingress>(d) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(%stream, %id, error = %e, "dropping malformed ingress entry");
+                None
+            }
+        });
+    Entry { stream, id, data }
+}
+
+/// Claims entries idle longer than `claim_idle` (their consumer died or stalled) and
+/// processes them as if freshly read.
+async fn reclaim(state: &AppState, reader: &Client, streams: &[String], me: &str) -> Result<()> {
+    let idle = state.config.claim_idle.as_millis() as u64;
+    for s in streams {
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let answer: Value = reader
+                .xautoclaim(
+                    s.as_str(),
+                    bus::INGRESS_GROUP,
+                    me,
+                    idle,
+                    cursor.as_str(),
+                    Some(state.config.batch_size),
+                    false,
+                )
+                .await?;
+            // [next cursor, [entries…], [deleted ids…]]
+            let Value::Array(mut parts) = answer else {
+                break;
+            };
+            if parts.len() < 2 {
+                break;
+            }
+            let claimed = entries_of(s, parts.remove(1));
+            let next = parts.remove(0).as_string().unwrap_or_default();
+            if !claimed.is_empty() {
+                metrics::counter!("relaydesk_core_reclaimed_total").increment(claimed.len() as u64);
+                tracing::info!(stream = %s, count = claimed.len(), "reclaimed pending entries");
+                process(state, reader, claimed).await?;
+            }
+            if next == "0-0" || next.is_empty() {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(())
+}
+
+/// Trims acknowledged entries: everything older than the oldest pending entry (or, with
+/// none pending, than the group's last delivered id). Pending entries are never trimmed.
+async fn trim(reader: &Client, streams: &[String]) {
+    let mut pending_total = 0u64;
+    for s in streams {
+        let summary: Result<Vec<Value>, _> =
+            reader.xpending(s.as_str(), bus::INGRESS_GROUP, ()).await;
+        let Ok(summary) = summary else { continue };
+        let count = summary.first().and_then(|v| v.as_u64()).unwrap_or(0);
+        pending_total += count;
+        let floor = if count > 0 {
+            summary.get(1).and_then(|v| v.as_string())
+        } else {
+            last_delivered(reader, s).await
+        };
+        if let Some(floor) = floor {
+            let _: Result<Value, _> = reader.xtrim(s.as_str(), ("MINID", "~", floor)).await;
+        }
+    }
+    metrics::gauge!("relaydesk_core_ingress_pending").set(pending_total as f64);
+}
+
+async fn last_delivered(reader: &Client, stream: &str) -> Option<String> {
+    let groups: Vec<HashMap<String, Value>> = reader.xinfo_groups(stream).await.ok()?;
+    groups
+        .iter()
+        .find(|g| g.get("name").and_then(|n| n.as_string()).as_deref() == Some(bus::INGRESS_GROUP))
+        .and_then(|g| g.get("last-delivered-id"))
+        .and_then(|v| v.as_string())
+}
+
+/// Processes one batch: commit, publish, then XACK.
+async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Result<()> {
+    metrics::histogram!("relaydesk_core_batch_size").record(entries.len() as f64);
+    let mut sends = Vec::new();
+    let mut send_meta = Vec::new();
+    let mut subs = Vec::new();
+    let mut hellos = Vec::new();
+    let mut receipts = Vec::new();
+    let mut reads = Vec::new();
+    for e in &entries {
+        match &e.data {
+            Some(Ingress::Send {
+                src,
+                id,
+                conv,
+                kind,
+                body,
+                rx_us,
+            }) => {
+                sends.push(NewMessage {
+                    tenant: src.tenant,
+                    from: Actor {
+                        id: src.principal,
+                        role: src.role,
+                        name: src.name.clone(),
+                    },
+                    conv: *conv,
+                    client_id: id.clone(),
+                    kind: kind.clone(),
+                    body: body.clone(),
+                });
+                send_meta.push((src, *rx_us));
+            }
+            Some(Ingress::Sub { src, conv, after }) => subs.push((src, *conv, *after)),
+            Some(Ingress::Hello { src }) => hellos.push(src),
+            Some(Ingress::Ack { src, conv, seq }) => {
+                receipts.push(receipt(src, *conv, *seq, false))
+            }
+            Some(Ingress::Read { src, conv, seq }) => {
+                receipts.push(receipt(src, *conv, *seq, true));
+                reads.push((src, *conv, *seq));
+            }
+            None => {}
+        }
+    }
+
+    let mut outs = Vec::new();
+    if !sends.is_empty() {
+        let started = Instant::now();
+        let outcomes = store::commit_sends(&state.pool, &sends).await?;
+        metrics::histogram!("relaydesk_core_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        outs.extend(send_outputs(state, &sends, &outcomes, &send_meta).await?);
+    }
+    for (src, conv, after) in subs {
+        outs.extend(replay(state, src, conv, after).await?);
+    }
+    for src in hellos {
+        outs.push(welcome(state, src).await?);
+    }
+    if !receipts.is_empty() {
+        store::store_receipts(&state.pool, &receipts).await?;
+        outs.extend(read_events(state, &reads).await?);
+    }
+    state.fanout.publish(&outs).await?;
+    if let Some(rx) = send_meta.iter().map(|(_, rx)| *rx).min() {
+        let now_us = crate::fanout::now_ms() * 1000;
+        metrics::histogram!("relaydesk_core_accept_latency_seconds")
+            .record(now_us.saturating_sub(rx) as f64 / 1e6);
+    }
+
+    let mut by_stream: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in &entries {
+        by_stream
+            .entry(e.stream.as_str())
+            .or_default()
+            .push(e.id.as_str());
+    }
+    for (stream, ids) in by_stream {
+        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        let _: u64 = reader.xack(stream, bus::INGRESS_GROUP, ids).await?;
+    }
+    Ok(())
+}
+
+fn receipt(src: &Source, conv: Uuid, seq: u64, read: bool) -> Receipt {
+    Receipt {
+        tenant: src.tenant,
+        conv,
+        principal: src.principal,
+        seq,
+        read,
+    }
+}
+
+fn reply(src: &Source, frame: &ServerFrame) -> Out {
+    Out {
+        edge: src.edge.clone(),
+        header: Egress::Reply { conn: src.conn },
+        frame: Bytes::from(frame.to_json()),
+    }
+}
+
+/// `accepted`/`error` for each sender, and `msg` for every edge with a subscriber.
+async fn send_outputs(
+    state: &AppState,
+    sends: &[NewMessage],
+    outcomes: &[Outcome],
+    meta: &[(&Source, u64)],
+) -> Result<Vec<Out>> {
+    let committed: Vec<(Uuid, &Message)> = sends
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(m, o)| match o {
+            Outcome::Committed { message, .. } => Some((m.tenant, message)),
+            Outcome::Refused { .. } => None,
+        })
+        .collect();
+    let mut outs = state.fanout.deliveries(&committed).await?;
+    for ((sent, outcome), (src, _)) in sends.iter().zip(outcomes).zip(meta) {
+        let frame = match outcome {
+            Outcome::Committed { message, .. } => {
+                ServerFrame::Accepted(accepted(&sent.client_id, message))
+            }
+            Outcome::Refused { code, message } => ServerFrame::Error {
+                id: Some(sent.client_id.clone()),
+                conv: Some(sent.conv),
+                code: *code,
+                message: message.clone(),
+                retry_after_ms: code.retryable().then_some(500),
+            },
+        };
+        outs.push(reply(src, &frame));
+    }
+    Ok(outs)
+}
+
+/// The `accepted` answer for a committed message.
+pub fn accepted(client_id: &str, m: &Message) -> Accepted {
+    Accepted {
+        id: client_id.to_owned(),
+        conv: m.conv,
+        seq: m.seq,
+        msg: m.msg,
+        ts: m.ts,
+    }
+}
+
+/// Answers a `sub`: `head`, then every visible message after `after`, in chunks.
+async fn replay(state: &AppState, src: &Source, conv: Uuid, after: u64) -> Result<Vec<Out>> {
+    let mut client = state.pool.get().await?;
+    let tx = crate::db::tenant_tx(&mut client, src.tenant).await?;
+    let found = store::conv(&tx, src.tenant, conv).await.and_then(|c| {
+        store::check_access(&c, src.principal, src.role)?;
+        Ok(c)
+    });
+    let c = match found {
+        Ok(c) => c,
+        Err(Error::Client { code, message }) => {
+            let frame = ServerFrame::Error {
+                id: None,
+                conv: Some(conv),
+                code,
+                message,
+                retry_after_ms: None,
+            };
+            return Ok(vec![reply(src, &frame)]);
+        }
+        Err(e) => return Err(e),
+    };
+    let head = c.last_seq as u64;
+    let staff = src.role.is_staff();
+    let mut outs = Vec::new();
+    let mut cursor = after;
+    loop {
+        let page = store::history(&tx, src.tenant, conv, cursor, REPLAY_CHUNK, staff).await?;
+        let done = (page.len() as i64) < REPLAY_CHUNK || page.last().is_some_and(|m| m.seq >= head);
+        let mut frame = Vec::new();
+        let mut seqs = Vec::with_capacity(page.len());
+        let mut lens = Vec::with_capacity(page.len());
+        for m in page {
+            cursor = m.seq;
+            seqs.push(m.seq);
+            let json = ServerFrame::Msg(m).to_json();
+            lens.push(json.len() as u32);
+            frame.extend_from_slice(json.as_bytes());
+        }
+        outs.push(Out {
+            edge: src.edge.clone(),
+            header: Egress::Replay {
+                conn: src.conn,
+                conv,
+                head,
+                seqs,
+                lens,
+                done,
+            },
+            frame: Bytes::from(frame),
+        });
+        if done {
+            break;
+        }
+    }
+    tx.commit().await?;
+    Ok(outs)
+}
+
+/// Answers a `hello`: registers the connection's edge for the principal's open
+/// conversations, then reads their heads (after registering, so nothing committed in
+/// between can be missed live).
+async fn welcome(state: &AppState, src: &Source) -> Result<Out> {
+    let mut client = state.pool.get().await?;
+    let tx = crate::db::tenant_tx(&mut client, src.tenant).await?;
+    let sql = if src.role.is_staff() {
+        "SELECT id FROM conversations WHERE tenant_id = $1 AND assignee_id = $2 AND status = 'assigned'"
+    } else {
+        "SELECT id FROM conversations WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'resolved'"
+    };
+    let ids: Vec<Uuid> = tx
+        .query(sql, &[&src.tenant, &src.principal])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let entries: Vec<(Uuid, Uuid, String)> = ids
+        .iter()
+        .map(|c| (src.tenant, *c, src.edge.clone()))
+        .collect();
+    state.fanout.register_conv_edges(&entries).await?;
+    let rows = tx
+        .query(
+            "SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = ANY($2)",
+            &[&src.tenant, &ids],
+        )
+        .await?;
+    tx.commit().await?;
+    let subs = rows
+        .iter()
+        .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    Ok(Out {
+        edge: src.edge.clone(),
+        header: Egress::Welcome {
+            conn: src.conn,
+            subs,
+        },
+        frame: Bytes::new(),
+    })
+}
+
+/// `read` frames for the other participants of each conversation.
+async fn read_events(state: &AppState, reads: &[(&Source, Uuid, u64)]) -> Result<Vec<Out>> {
+    let registry: Vec<String> = reads
+        .iter()
+        .map(|(s, c, _)| state.keys.conv_edges(s.tenant, *c))
+        .collect();
+    let edges = state.fanout.live_edges(&registry).await?;
+    let mut outs = Vec::new();
+    for ((src, conv, seq), edges) in reads.iter().zip(edges) {
+        let frame = ServerFrame::Read {
+            conv: *conv,
+            by: Actor {
+                id: src.principal,
+                role: src.role,
+                name: src.name.clone(),
+            },
+            seq: *seq,
+        };
+        let frame = Bytes::from(frame.to_json());
+        let header = Egress::Event {
+            tenant: src.tenant,
+            conv: *conv,
+            exclude: Some(src.principal),
+            agents_only: false,
+        };
+        for edge in edges {
+            outs.push(Out {
+                edge,
+                header: header.clone(),
+                frame: frame.clone(),
+            });
+        }
+    }
+    Ok(outs)
+}

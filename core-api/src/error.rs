@@ -1,0 +1,87 @@
+//! core-api's error type and its one mapping to HTTP responses.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use relaydesk_shared::ErrorCode;
+
+/// Every failure of a core-api operation, classified by [`ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's fault or a refusal; safe to show.
+    #[error("{message}")]
+    Client { code: ErrorCode, message: String },
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] refinery::Error),
+    #[error("token: {0}")]
+    Token(#[from] relaydesk_shared::token::TokenError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn client(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error::Client {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::client(ErrorCode::BadRequest, message)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::client(ErrorCode::NotFound, format!("{what} not found"))
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::client(ErrorCode::Forbidden, message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::client(ErrorCode::Unauthorized, "missing or invalid credentials")
+    }
+
+    /// The taxonomy code: client errors keep theirs; infrastructure failures are
+    /// `unavailable` (retry can help) and everything else `internal`.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Client { code, .. } => *code,
+            Error::Db(e) if e.code().is_some() => ErrorCode::Internal,
+            Error::Db(_) | Error::Pool(_) | Error::Redis(_) => ErrorCode::Unavailable,
+            Error::Migrate(_) | Error::Token(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The message shown to clients: internal details stay in the logs.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Client { message, .. } => message.clone(),
+            _ if self.code() == ErrorCode::Unavailable => "temporarily unavailable, retry".into(),
+            _ => "internal error".into(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        if !matches!(self, Error::Client { .. }) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({"error": {"code": code, "message": self.public_message()}});
+        let mut response = (status, axum::Json(body)).into_response();
+        if code.retryable() && code != ErrorCode::Internal {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

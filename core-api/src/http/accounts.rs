@@ -1,0 +1,448 @@
+//! Tenants, agents, logins, agent status, connection tokens and widget sessions.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use rand::seq::SliceRandom;
+use relaydesk_shared::token::{Claims, Role, AUD_API, AUD_EDGE};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::ApiJson;
+use crate::auth::{self, Caller};
+use crate::db;
+use crate::error::{Error, Result};
+use crate::AppState;
+
+#[derive(Deserialize)]
+pub struct NewTenant {
+    name: String,
+}
+
+/// `POST /v1/tenants` (operator): a tenant, its `general` support type and an API key.
+pub async fn create_tenant(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<NewTenant>,
+) -> Result<(StatusCode, Json<Value>)> {
+    if caller != Caller::Operator {
+        return Err(Error::forbidden("needs the operator token"));
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::bad_request("name must be 1-200 characters"));
+    }
+    let id = Uuid::new_v4();
+    let site_key = auth::new_site_key(id);
+    let identity_secret = auth::random_hex(32);
+    let (api_key, key_hash) = auth::new_api_key(id);
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, id).await?;
+    tx.execute(
+        "INSERT INTO tenants (id, name, site_key, identity_secret) VALUES ($1, $2, $3, $4)",
+        &[&id, &name, &site_key, &identity_secret],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO api_keys (tenant_id, id, key_hash) VALUES ($1, $2, $3)",
+        &[&id, &Uuid::new_v4(), &key_hash],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO support_types (tenant_id, key, name, routing, resolution_reasons)
+         VALUES ($1, 'general', 'General', 'capacity', ARRAY['solved'])",
+        &[&id],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %id, "tenant created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "tenant": {"id": id, "name": name, "site_key": site_key, "identity_secret": identity_secret},
+            "api_key": api_key,
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct NewAgent {
+    name: String,
+    email: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_max")]
+    max_concurrent: i32,
+}
+
+fn default_role() -> String {
+    "agent".into()
+}
+fn default_kind() -> String {
+    "human".into()
+}
+fn default_max() -> i32 {
+    5
+}
+
+fn agent_json(
+    id: Uuid,
+    name: &str,
+    email: &str,
+    role: &str,
+    kind: &str,
+    max: i32,
+    status: &str,
+) -> Value {
+    json!({"id": id, "name": name, "email": email, "role": role, "kind": kind, "max_concurrent": max, "status": status})
+}
+
+/// `POST /v1/agents` (API key or admin).
+pub async fn create_agent(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<NewAgent>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let tenant = caller.tenant_admin()?;
+    if !matches!(req.role.as_str(), "agent" | "supervisor" | "admin") {
+        return Err(Error::bad_request(
+            "role must be agent, supervisor or admin",
+        ));
+    }
+    if !matches!(req.kind.as_str(), "human" | "bot") {
+        return Err(Error::bad_request("kind must be human or bot"));
+    }
+    if req.name.trim().is_empty() || !req.email.contains('@') || req.password.len() < 8 {
+        return Err(Error::bad_request(
+            "name, a valid email and a password of at least 8 characters are required",
+        ));
+    }
+    if !(0..=1000).contains(&req.max_concurrent) {
+        return Err(Error::bad_request("max_concurrent must be 0-1000"));
+    }
+    let hash = auth::hash_password(req.password.clone()).await?;
+    let id = Uuid::new_v4();
+    let email = req.email.trim().to_lowercase();
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO agents (tenant_id, id, name, email, password_hash, role, kind, max_concurrent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, email) DO NOTHING",
+            &[&tenant, &id, &req.name.trim(), &email, &hash, &req.role, &req.kind, &req.max_concurrent],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(Error::client(
+            relaydesk_shared::ErrorCode::Conflict,
+            "an agent with this email exists",
+        ));
+    }
+    tx.commit().await?;
+    let agent = agent_json(
+        id,
+        req.name.trim(),
+        &email,
+        &req.role,
+        &req.kind,
+        req.max_concurrent,
+        "offline",
+    );
+    Ok((StatusCode::CREATED, Json(json!({ "agent": agent }))))
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    tenant: Uuid,
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/auth/login`: an agent session token.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<Login>,
+) -> Result<Json<Value>> {
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, req.tenant).await?;
+    let row = tx
+        .query_opt(
+            "SELECT id, name, email, password_hash, role, kind, max_concurrent, status
+               FROM agents WHERE tenant_id = $1 AND email = $2",
+            &[&req.tenant, &req.email.trim().to_lowercase()],
+        )
+        .await?;
+    tx.commit().await?;
+    let Some(row) = row else {
+        return Err(Error::unauthorized());
+    };
+    if !auth::verify_password(req.password, row.get(3)).await? {
+        return Err(Error::unauthorized());
+    }
+    let id: Uuid = row.get(0);
+    let name: String = row.get(1);
+    let role = agent_role(row.get(4), row.get(5));
+    let mut claims = Claims::new(
+        req.tenant,
+        id,
+        role,
+        AUD_API,
+        state.config.session_ttl.as_secs(),
+    );
+    claims.name = Some(name.clone());
+    let token = state.signer.sign(&claims)?;
+    let agent = agent_json(
+        id,
+        &name,
+        row.get(2),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+        row.get(7),
+    );
+    Ok(Json(json!({"token": token, "agent": agent})))
+}
+
+/// The token role of an agent row: bots are `bot` whatever their role column says.
+fn agent_role(role: &str, kind: &str) -> Role {
+    if kind == "bot" {
+        return Role::Bot;
+    }
+    Role::parse(role).unwrap_or(Role::Agent)
+}
+
+#[derive(Deserialize)]
+pub struct Status {
+    status: String,
+}
+
+/// `PUT /v1/agents/{id}/status` (the agent itself, an admin, or the API key).
+pub async fn set_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(req): ApiJson<Status>,
+) -> Result<Json<Value>> {
+    let tenant = match caller {
+        Caller::Agent { tenant, id: me, .. } if me == id => tenant,
+        _ => caller.tenant_admin()?,
+    };
+    if !matches!(req.status.as_str(), "online" | "away" | "offline") {
+        return Err(Error::bad_request("status must be online, away or offline"));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let row = tx
+        .query_opt(
+            "UPDATE agents SET status = $3 WHERE tenant_id = $1 AND id = $2
+             RETURNING id, name, email, role, kind, max_concurrent, status",
+            &[&tenant, &id, &req.status],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("agent"))?;
+    tx.commit().await?;
+    let agent = agent_json(
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    );
+    Ok(Json(json!({ "agent": agent })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ConnectTokenRequest {
+    #[serde(default)]
+    agent_id: Option<Uuid>,
+    #[serde(default)]
+    origins: Option<Vec<String>>,
+}
+
+/// `POST /v1/connect-tokens`: a connection token for the edge.
+pub async fn connect_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let req: ConnectTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ConnectTokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let tenant = caller.tenant()?;
+    let (principal, agent) = match (caller, req.agent_id) {
+        (Caller::Agent { id, .. }, None) => (id, true),
+        (Caller::Visitor { id, .. }, None) => (id, false),
+        (Caller::ApiKey { .. }, Some(id)) => (id, true),
+        (Caller::ApiKey { .. }, None) => {
+            return Err(Error::bad_request("agent_id is required with an API key"))
+        }
+        _ => {
+            return Err(Error::forbidden(
+                "agent_id may be given only with the API key",
+            ))
+        }
+    };
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let (role, name) = if agent {
+        let row = tx
+            .query_opt(
+                "SELECT role, kind, name FROM agents WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &principal],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))?;
+        (
+            agent_role(row.get(0), row.get(1)),
+            row.get::<_, Option<String>>(2),
+        )
+    } else {
+        let row = tx
+            .query_opt(
+                "SELECT name FROM visitors WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &principal],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("visitor"))?;
+        (Role::Visitor, row.get::<_, Option<String>>(0))
+    };
+    tx.commit().await?;
+    let (token, expires_at) =
+        mint_connect_token(&state, tenant, principal, role, name, req.origins)?;
+    Ok(Json(
+        json!({"token": token, "expires_at": expires_at, "edge_url": edge_url(&state)}),
+    ))
+}
+
+fn mint_connect_token(
+    state: &AppState,
+    tenant: Uuid,
+    principal: Uuid,
+    role: Role,
+    name: Option<String>,
+    origins: Option<Vec<String>>,
+) -> Result<(String, u64)> {
+    let mut claims = Claims::new(
+        tenant,
+        principal,
+        role,
+        AUD_EDGE,
+        state.config.connect_token_ttl.as_secs(),
+    );
+    claims.name = name;
+    claims.origins = origins.filter(|o| !o.is_empty());
+    Ok((state.signer.sign(&claims)?, claims.exp))
+}
+
+fn edge_url(state: &AppState) -> String {
+    state
+        .config
+        .edge_urls
+        .choose(&mut rand::thread_rng())
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+pub struct WidgetSession {
+    site_key: String,
+    #[serde(default)]
+    visitor: Option<VisitorIdentity>,
+}
+
+#[derive(Deserialize)]
+pub struct VisitorIdentity {
+    #[serde(default)]
+    external_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+/// `POST /v1/widget/sessions` (public): a visitor, anonymous or verified by the tenant's
+/// identity hash, with an API token and a connection token.
+pub async fn widget_session(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<WidgetSession>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let tenant =
+        auth::site_key_tenant(&req.site_key).ok_or_else(|| Error::not_found("site key"))?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let secret: String = tx
+        .query_opt(
+            "SELECT identity_secret FROM tenants WHERE id = $1 AND site_key = $2",
+            &[&tenant, &req.site_key],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("site key"))?
+        .get(0);
+    let identity = req.visitor.unwrap_or(VisitorIdentity {
+        external_id: None,
+        name: None,
+        email: None,
+        hash: None,
+    });
+    let visitor: Uuid = match identity.external_id.as_deref().filter(|e| !e.is_empty()) {
+        Some(external) => {
+            let hash = identity.hash.as_deref().unwrap_or("");
+            if !auth::identity_hash_valid(&secret, external, hash) {
+                return Err(Error::unauthorized());
+            }
+            tx.query_one(
+                "INSERT INTO visitors (tenant_id, id, external_id, name, email, verified)
+                 VALUES ($1, $2, $3, $4, $5, true)
+                 ON CONFLICT (tenant_id, external_id) WHERE external_id IS NOT NULL
+                 DO UPDATE SET name = coalesce(excluded.name, visitors.name), email = coalesce(excluded.email, visitors.email)
+                 RETURNING id",
+                &[&tenant, &Uuid::new_v4(), &external, &identity.name, &identity.email],
+            )
+            .await?
+            .get(0)
+        }
+        None => {
+            let id = Uuid::new_v4();
+            tx.execute(
+                "INSERT INTO visitors (tenant_id, id, name, email) VALUES ($1, $2, $3, $4)",
+                &[&tenant, &id, &identity.name, &identity.email],
+            )
+            .await?;
+            id
+        }
+    };
+    tx.commit().await?;
+    let mut claims = Claims::new(
+        tenant,
+        visitor,
+        Role::Visitor,
+        AUD_API,
+        state.config.session_ttl.as_secs(),
+    );
+    claims.name = identity.name.clone();
+    let token = state.signer.sign(&claims)?;
+    let (connect_token, _) =
+        mint_connect_token(&state, tenant, visitor, Role::Visitor, identity.name, None)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "visitor": {"id": visitor},
+            "token": token,
+            "connect_token": connect_token,
+            "edge_url": edge_url(&state),
+        })),
+    ))
+}

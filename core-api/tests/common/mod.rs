@@ -1,0 +1,429 @@
+//! The system-test harness: a real stack (core-api and edges against the private
+//! PostgreSQL and Redis that `cargo xtask test` starts), isolated per test by its own
+//! Redis key prefix and its own tenants, plus HTTP and WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Connection settings handed over by `cargo xtask test`.
+#[derive(Clone)]
+pub struct TestEnv {
+    pub database_url: String,
+    pub admin_database_url: String,
+    pub redis_url: String,
+    pub signing_pem: Vec<u8>,
+    pub public_pem: Vec<u8>,
+}
+
+pub fn test_env() -> TestEnv {
+    let var = |name: &str| {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is not set: run the suite with `cargo xtask test`"))
+    };
+    let keys = std::path::PathBuf::from(var("RELAYDESK_TEST_KEYS_DIR"));
+    TestEnv {
+        database_url: var("RELAYDESK_TEST_DATABASE_URL"),
+        admin_database_url: var("RELAYDESK_TEST_ADMIN_DATABASE_URL"),
+        redis_url: var("RELAYDESK_TEST_REDIS_URL"),
+        signing_pem: std::fs::read(keys.join("signing.pem")).expect("signing key"),
+        public_pem: std::fs::read(keys.join("public.pem")).expect("public key"),
+    }
+}
+
+/// A running stack; everything stops when it is dropped.
+pub struct Stack {
+    pub env: TestEnv,
+    pub prefix: String,
+    pub operator: String,
+    pub core_url: String,
+    pub edge_urls: Vec<String>,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber_init();
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    relaydesk_shared::telemetry::init_tracing();
+    Some(())
+}
+
+pub async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    (l, addr)
+}
+
+impl Stack {
+    /// One in-process core-api and `edges` in-process edges.
+    pub async fn start(edges: usize) -> Stack {
+        Self::start_with(edges, true).await
+    }
+
+    /// `with_core = false` leaves core-api to the test (e.g. as child processes).
+    pub async fn start_with(edges: usize, with_core: bool) -> Stack {
+        init_logs();
+        let env = test_env();
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let operator = format!("op-{}", Uuid::new_v4().simple());
+        let stop = CancellationToken::new();
+        let mut edge_urls = Vec::new();
+        for _ in 0..edges {
+            let (l, addr) = listener().await;
+            edge_urls.push(format!("ws://{addr}/v1/ws"));
+            let config = relaydesk_edge::Config::new(
+                env.redis_url.clone(),
+                prefix.clone(),
+                env.public_pem.clone(),
+            );
+            let s = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    relaydesk_edge::run(l, config, async move { s.cancelled().await }).await
+                {
+                    eprintln!("edge stopped: {e}");
+                }
+            });
+        }
+        let (l, addr) = listener().await;
+        let core_url = format!("http://{addr}");
+        if with_core {
+            let config = Stack::core_config(&env, &prefix, &operator, &edge_urls);
+            let s = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    relaydesk_core::run(l, config, async move { s.cancelled().await }).await
+                {
+                    eprintln!("core-api stopped: {e}");
+                }
+            });
+        } else {
+            drop(l);
+        }
+        let stack = Stack {
+            env,
+            prefix,
+            operator,
+            core_url,
+            edge_urls,
+            http: reqwest::Client::builder()
+                .timeout(WAIT)
+                .build()
+                .expect("http client"),
+            stop,
+        };
+        for url in stack.edge_urls.clone() {
+            stack
+                .wait_ready(&url.replace("ws://", "http://").replace("/v1/ws", ""))
+                .await;
+        }
+        if with_core {
+            stack.wait_ready(&stack.core_url).await;
+        }
+        stack
+    }
+
+    pub fn core_config(
+        env: &TestEnv,
+        prefix: &str,
+        operator: &str,
+        edges: &[String],
+    ) -> relaydesk_core::Config {
+        let mut c = relaydesk_core::Config::new(
+            env.database_url.clone(),
+            env.redis_url.clone(),
+            prefix.to_owned(),
+            env.signing_pem.clone(),
+            operator.to_owned(),
+        );
+        c.edge_urls = edges.to_vec();
+        c.database_pool = 4;
+        c.claim_idle = Duration::from_millis(1500);
+        c
+    }
+
+    pub async fn wait_ready(&self, base: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{base} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.core_url))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.core_url))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn tenant(&self) -> Tenant {
+        let (status, body) = self
+            .post("/v1/tenants", &self.operator, json!({"name": "Acme"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        Tenant {
+            id: uuid(&body["tenant"]["id"]),
+            api_key: body["api_key"].as_str().expect("api key").to_owned(),
+            site_key: body["tenant"]["site_key"]
+                .as_str()
+                .expect("site key")
+                .to_owned(),
+        }
+    }
+
+    /// An online agent of `role`, with a session token and a connection token.
+    pub async fn agent(&self, t: &Tenant, role: &str) -> Principal {
+        let email = format!("{}@acme.test", Uuid::new_v4().simple());
+        let body = json!({"name": "Ann", "email": email, "password": "correct horse", "role": role, "kind": "human", "max_concurrent": 1000});
+        let (status, body) = self.post("/v1/agents", &t.api_key, body).await;
+        assert_eq!(status, 201, "{body}");
+        let id = uuid(&body["agent"]["id"]);
+        let (status, body) = self
+            .post(
+                "/v1/auth/login",
+                "",
+                json!({"tenant": t.id, "email": email, "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["token"].as_str().expect("token").to_owned();
+        let r = self
+            .http
+            .put(format!("{}/v1/agents/{id}/status", self.core_url))
+            .bearer_auth(&token)
+            .json(&json!({"status": "online"}))
+            .send()
+            .await
+            .expect("status");
+        assert_eq!(r.status().as_u16(), 200);
+        let (status, body) = self.post("/v1/connect-tokens", &token, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        Principal {
+            id,
+            token,
+            connect: body["token"].as_str().expect("connect").to_owned(),
+        }
+    }
+
+    pub async fn visitor(&self, t: &Tenant) -> Principal {
+        let (status, body) = self
+            .post("/v1/widget/sessions", "", json!({"site_key": t.site_key}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        Principal {
+            id: uuid(&body["visitor"]["id"]),
+            token: body["token"].as_str().expect("token").to_owned(),
+            connect: body["connect_token"].as_str().expect("connect").to_owned(),
+        }
+    }
+
+    /// A conversation of `visitor`; returns its id and its assignee.
+    pub async fn conversation(&self, visitor: &Principal) -> (Uuid, Option<Uuid>) {
+        let (status, body) = self
+            .post(
+                "/v1/conversations",
+                &visitor.token,
+                json!({"subject": "help"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let c = &body["conversation"];
+        (
+            uuid(&c["id"]),
+            c["assignee"]
+                .as_str()
+                .map(|s| Uuid::parse_str(s).expect("uuid")),
+        )
+    }
+
+    /// The admin (owner) connection, for checks behind the application's back.
+    pub async fn admin_db(&self) -> tokio_postgres::Client {
+        connect_db(&self.env.admin_database_url).await
+    }
+}
+
+pub async fn connect_db(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect postgres");
+    tokio::spawn(conn);
+    client
+}
+
+pub fn uuid(v: &Value) -> Uuid {
+    Uuid::parse_str(v.as_str().unwrap_or_else(|| panic!("not a uuid: {v}"))).expect("uuid")
+}
+
+pub struct Tenant {
+    pub id: Uuid,
+    pub api_key: String,
+    pub site_key: String,
+}
+
+pub struct Principal {
+    pub id: Uuid,
+    pub token: String,
+    pub connect: String,
+}
+
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A protocol v1 client.
+pub struct Ws {
+    pub stream: Stream,
+}
+
+/// What the next frame was.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    pub async fn open(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Ws { stream }
+    }
+
+    /// Connects and authenticates; returns the client and the `welcome` frame.
+    pub async fn connect(url: &str, token: &str) -> (Ws, Value) {
+        let mut ws = Ws::open(url).await;
+        ws.send(json!({"t": "hello", "token": token})).await;
+        let welcome = ws.next_frame().await;
+        assert_eq!(welcome["t"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, m: WsMessage) {
+        let _ = self.stream.send(m).await;
+    }
+
+    /// The next text frame or the close, within [`WAIT`].
+    pub async fn next(&mut self) -> Next {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match m {
+                Some(Ok(WsMessage::Text(t))) => {
+                    return Next::Frame(serde_json::from_str(&t).expect("json frame"))
+                }
+                Some(Ok(WsMessage::Close(c))) => return Next::Closed(c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Next::Closed(None),
+            }
+        }
+    }
+
+    pub async fn next_frame(&mut self) -> Value {
+        match self.next().await {
+            Next::Frame(v) => v,
+            Next::Closed(c) => panic!("closed ({c:?}) while waiting for a frame"),
+        }
+    }
+
+    /// Skips frames until one satisfies `pred`.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
+    /// The close code, skipping frames.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            if let Next::Closed(c) = self.next().await {
+                return c;
+            }
+        }
+    }
+
+    /// Sends a message and waits for its `accepted` (or `error`).
+    pub async fn send_message(&mut self, conv: Uuid, id: &str, text: &str) -> Value {
+        self.send(
+            json!({"t": "send", "id": id, "conv": conv, "kind": "text", "body": {"text": text}}),
+        )
+        .await;
+        self.wait_for(|f| (f["t"] == "accepted" || f["t"] == "error") && f["id"] == id)
+            .await
+    }
+
+    /// Subscribes from `after` and collects the replay: returns (`head`, replayed frames).
+    pub async fn sub(&mut self, conv: Uuid, after: u64) -> (u64, Vec<Value>) {
+        self.send(json!({"t": "sub", "conv": conv, "after": after}))
+            .await;
+        let subbed = self
+            .wait_for(|f| f["t"] == "subbed" && f["conv"] == json!(conv))
+            .await;
+        let head = subbed["head"].as_u64().expect("head");
+        let mut got = Vec::new();
+        let mut last = after;
+        while last < head {
+            let f = self
+                .wait_for(|f| f["t"] == "msg" && f["conv"] == json!(conv))
+                .await;
+            last = f["seq"].as_u64().expect("seq");
+            got.push(f);
+        }
+        (head, got)
+    }
+}

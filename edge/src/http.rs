@@ -1,0 +1,114 @@
+//! HTTP routes of an edge: `GET /v1/ws` (WebSocket upgrade, handing the socket to a
+//! session task), `GET /healthz`, `GET /readyz` (Redis reachable and not draining) and
+//! `GET /metrics` (Prometheus text).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::ClientLike;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::Ctx;
+
+pub type Body = Full<Bytes>;
+
+/// Answers one HTTP request.
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    permit: Arc<OwnedSemaphorePermit>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let get = req.method() == Method::GET;
+    Ok(match path {
+        "/v1/ws" if get => upgrade(ctx, permit, req),
+        "/healthz" if get => text(StatusCode::OK, "ok"),
+        "/readyz" if get => {
+            if ready(&ctx).await {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            }
+        }
+        "/metrics" if get => match relaydesk_shared::telemetry::prometheus() {
+            Some(h) => {
+                let mut r = text(StatusCode::OK, h.render());
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics recorder unavailable",
+            ),
+        },
+        "/v1/ws" | "/healthz" | "/readyz" | "/metrics" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+/// Ready: not draining, and Redis answers a PING within a second.
+async fn ready(ctx: &Ctx) -> bool {
+    if ctx.is_draining() || !ctx.redis_healthy() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ctx.redis.ping::<String>(None)).await,
+        Ok(Ok(_))
+    )
+}
+
+fn upgrade(
+    ctx: Arc<Ctx>,
+    permit: Arc<OwnedSemaphorePermit>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if ctx.is_draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut r = text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required");
+        r.headers_mut().insert(
+            hyper::header::UPGRADE,
+            HeaderValue::from_static("websocket"),
+        );
+        return r;
+    }
+    // fastwebsockets does not check Origin: the session does, against the token.
+    let origin = req
+        .headers()
+        .get(ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad upgrade request: {e}")),
+    };
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(async move {
+        match fut.await {
+            Ok(ws) => crate::session::run_session(ctx, ws, origin, permit).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

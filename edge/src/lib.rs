@@ -1,0 +1,282 @@
+//! Relaydesk edge: a stateless WebSocket node between clients and the Redis Streams bus.
+//!
+//! Message path (one module each): [`accept`] (TCP accept loop, HTTP/1 connections,
+//! connection cap) → [`http`] (routes, WebSocket upgrade) → [`session`] (one task per
+//! WebSocket: `hello`, client frames) → [`ingress`] (pipelined XADDs to the ingress
+//! shards) … core-api … [`egress`] (XREAD of this edge's stream, dispatch) → [`hub`]
+//! (local subscriptions, per-connection ordering) → [`writer`] (bounded outbound queue,
+//! socket writes, heartbeats). [`registry`] keeps this edge's registry entries fresh.
+//!
+//! [`run`] wires them together and drains on shutdown: `/readyz` fails, no new
+//! connections are accepted, and every WebSocket is closed with 1012, spread over the
+//! drain window.
+
+pub mod accept;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ingress;
+pub mod registry;
+pub mod session;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::{
+    Builder, Client, ClientLike, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
+};
+use relaydesk_shared::bus::Keys;
+use relaydesk_shared::token::{TokenVerifier, AUD_EDGE};
+use relaydesk_shared::wire::ServerFrame;
+use relaydesk_shared::CloseCode;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError};
+pub use error::EdgeError;
+
+use hub::Hub;
+use ingress::IngressTx;
+use registry::Registrar;
+use writer::Outbound;
+
+/// Capacity of the ingress append queue.
+const INGRESS_QUEUE: usize = 65_536;
+/// Concurrent typing fan-outs (each one registry read); more are dropped.
+const TYPING_FANOUTS: usize = 256;
+/// Extra time, after the drain window, for connections to finish their close handshake.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// State shared by every task of one edge process.
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub keys: Keys,
+    /// Commands (pipelined); the egress reader has its own connection.
+    pub redis: Client,
+    pub verifier: TokenVerifier,
+    hub: Mutex<Hub>,
+    pub ingress: IngressTx,
+    /// Every WebSocket session, authenticated or not, for drain and Redis outages.
+    sessions: Mutex<HashMap<u64, Outbound>>,
+    draining: AtomicBool,
+    next_conn: AtomicU64,
+    /// Sessions and their writers.
+    pub tracker: TaskTracker,
+    pub typing_permits: Arc<Semaphore>,
+    /// The serialized `pong` frame.
+    pub pong: Bytes,
+    /// Since when Redis has been failing (egress reads), if it is.
+    redis_down: Mutex<Option<(Instant, bool)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections never panic half-way; recover the data if one did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctx {
+    pub fn hub(&self) -> MutexGuard<'_, Hub> {
+        lock(&self.hub)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A connection id unique in this process (and, seeded by the start time, unlikely
+    /// to repeat one of a previous process with the same edge id).
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn session_opened(&self, conn: u64, out: Outbound) {
+        lock(&self.sessions).insert(conn, out);
+        metrics::gauge!("relaydesk_edge_connections").increment(1.0);
+    }
+
+    pub fn session_closed(&self, conn: u64) {
+        if lock(&self.sessions).remove(&conn).is_some() {
+            metrics::gauge!("relaydesk_edge_connections").decrement(1.0);
+        }
+    }
+
+    pub fn all_outbounds(&self) -> Vec<(u64, Outbound)> {
+        let mut v: Vec<(u64, Outbound)> = lock(&self.sessions)
+            .iter()
+            .map(|(k, o)| (*k, o.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Records a successful Redis round trip.
+    pub fn redis_ok(&self) {
+        *lock(&self.redis_down) = None;
+    }
+
+    /// Records a failed Redis round trip; true exactly once per outage, when it has
+    /// lasted `core_timeout`: then every connection is closed with 4011.
+    pub fn redis_failed(&self) -> bool {
+        let mut down = lock(&self.redis_down);
+        let (since, reported) = down.get_or_insert((Instant::now(), false));
+        if !*reported && since.elapsed() >= self.config.core_timeout {
+            *reported = true;
+            return true;
+        }
+        false
+    }
+
+    pub fn redis_healthy(&self) -> bool {
+        lock(&self.redis_down).is_none()
+    }
+}
+
+fn redis_client(config: &Config) -> Result<Client, EdgeError> {
+    let redis_config =
+        fred::prelude::Config::from_url(&config.redis_url).map_err(EdgeError::RedisConfig)?;
+    let client = Builder::from_config(redis_config)
+        .with_performance_config(|p: &mut PerformanceConfig| {
+            p.default_command_timeout = Duration::from_secs(3);
+        })
+        .with_connection_config(|c: &mut ConnectionConfig| {
+            c.connection_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = Duration::from_secs(3);
+            c.max_command_attempts = 2;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+        .build()
+        .map_err(EdgeError::RedisConfig)?;
+    Ok(client)
+}
+
+/// Serves WebSockets on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
+    let prometheus = relaydesk_shared::telemetry::prometheus();
+    let verifier = TokenVerifier::from_pem(&config.token_public_key_pem, AUD_EDGE)?;
+    let redis = redis_client(&config)?;
+    let _redis_task = redis.init().await.map_err(EdgeError::RedisConnect)?;
+    let reader = redis.clone_new();
+    let _reader_task = reader.init().await.map_err(EdgeError::RedisConnect)?;
+
+    let keys = Keys::new(config.redis_prefix.clone());
+    let (registrar, reg_rx) = Registrar::channel();
+    let (ingress, ingress_rx) =
+        IngressTx::channel(keys.clone(), config.ingress_shards, INGRESS_QUEUE);
+    // Seeded by the start time (s << 20, below 2^53 so JSON tooling keeps it exact): a
+    // restart under the same EDGE_ID does not reuse the ids of stale egress entries.
+    let seed = (registry::now_ms() / 1000) << 20;
+    let ctx = Arc::new(Ctx {
+        hub: Mutex::new(Hub::new(registrar, config.outbound_queue_bytes)),
+        keys: keys.clone(),
+        redis: redis.clone(),
+        verifier,
+        ingress,
+        sessions: Mutex::new(HashMap::new()),
+        draining: AtomicBool::new(false),
+        next_conn: AtomicU64::new(seed.max(1)),
+        tracker: TaskTracker::new(),
+        typing_permits: Arc::new(Semaphore::new(TYPING_FANOUTS)),
+        pong: Bytes::from(ServerFrame::Pong.to_json()),
+        redis_down: Mutex::new(None),
+        config,
+    });
+    tracing::info!(edge_id = %ctx.config.edge_id, prefix = %ctx.keys.prefix(), "edge started");
+
+    let background = CancellationToken::new();
+    // The registry task outlives the ingress and egress tasks so that it can remove
+    // this edge's entries last.
+    let registry_stop = CancellationToken::new();
+    let registry_task = tokio::spawn(registry::run_registry(
+        redis.clone(),
+        keys,
+        ctx.config.edge_id.clone(),
+        reg_rx,
+        registry_stop.clone(),
+    ));
+    let ingress_task = tokio::spawn(ingress::run_ingress(
+        redis.clone(),
+        ingress_rx,
+        background.clone(),
+    ));
+    let egress_task = tokio::spawn(egress::run_egress(
+        ctx.clone(),
+        reader.clone(),
+        background.clone(),
+    ));
+    let sweeper_task = tokio::spawn(egress::run_sweeper(ctx.clone(), background.clone()));
+    let upkeep_task = tokio::spawn({
+        let stop = background.clone();
+        async move {
+            let Some(handle) = prometheus else { return };
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => handle.run_upkeep(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    });
+
+    accept::serve(ctx.clone(), listener, shutdown).await;
+    drain(&ctx).await;
+
+    background.cancel();
+    let _ = tokio::join!(ingress_task, egress_task, sweeper_task, upkeep_task);
+    registry_stop.cancel();
+    let _ = registry_task.await;
+    let _ = reader.quit().await;
+    let _ = redis.quit().await;
+    tracing::info!(edge_id = %ctx.config.edge_id, "edge stopped");
+    Ok(())
+}
+
+/// Closes every WebSocket with 1012, spread evenly over the drain window, then waits
+/// for sessions to end.
+async fn drain(ctx: &Arc<Ctx>) {
+    let window = ctx.config.drain_window;
+    let outs = ctx.all_outbounds();
+    tracing::info!(
+        connections = outs.len(),
+        window_ms = window.as_millis() as u64,
+        "draining"
+    );
+    if !outs.is_empty() {
+        let step = window / u32::try_from(outs.len()).unwrap_or(u32::MAX);
+        let start = tokio::time::Instant::now();
+        for (i, (_, out)) in outs.iter().enumerate() {
+            tokio::time::sleep_until(start + step * u32::try_from(i).unwrap_or(u32::MAX)).await;
+            out.close(CloseCode::Restart.code());
+        }
+    }
+    ctx.tracker.close();
+    let deadline = tokio::time::Instant::now() + window.min(Duration::from_secs(1)) + DRAIN_GRACE;
+    loop {
+        // Sessions that were still starting when the window began.
+        for (_, out) in ctx.all_outbounds() {
+            out.close(CloseCode::Restart.code());
+        }
+        if tokio::time::timeout(Duration::from_millis(200), ctx.tracker.wait())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(left = ctx.tracker.len(), "drain deadline passed");
+            break;
+        }
+    }
+}

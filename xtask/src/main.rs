@@ -1,0 +1,190 @@
+//! Relaydesk developer commands, run as `cargo xtask <command>`.
+//!
+//! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances.
+//! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
+//! - `down`: stop what `up --detach` started.
+//!
+//! Nothing here ever touches a system PostgreSQL or Redis: every instance is private, listens on
+//! a free port of 127.0.0.1 and keeps its data under `<workspace>/.relaydesk/`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+mod services;
+mod test;
+mod up;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Relaydesk developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run fmt, clippy and the workspace tests against private PostgreSQL and Redis instances.
+    ///
+    /// Arguments after `--` are passed to the test runner (`cargo nextest run --workspace` when
+    /// cargo-nextest is installed, `cargo test --workspace` otherwise).
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for the test runner.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start PostgreSQL, Redis, one core-api and two edges, with a demo tenant and agent.
+    Up {
+        /// Leave everything running in the background; stop it with `cargo xtask down`.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop what `cargo xtask up --detach` started.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xtask: error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        install_signal_handlers()?;
+        let root = workspace_root()?;
+        match cli.command {
+            Command::Test { no_lint, args } => test::run(&root, no_lint, &args).await,
+            Command::Up { detach } => up::up(&root, detach).await,
+            Command::Down => up::down(&root).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if interrupted().is_some() => {
+            eprintln!("xtask: interrupted ({e:#})");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            // The chain without a backtrace (RUST_BACKTRACE would add one to `{:?}`).
+            eprintln!("xtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<PathBuf> {
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too; the compile-time value is a fallback
+    // for running the binary directly.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir.parent().with_context(|| {
+        format!(
+            "xtask manifest directory {} has no parent",
+            manifest_dir.display()
+        )
+    })?;
+    if !root.join("Cargo.toml").is_file() {
+        bail!(
+            "{} does not look like the workspace root (no Cargo.toml)",
+            root.display()
+        );
+    }
+    Ok(root.to_path_buf())
+}
+
+/// The `cargo` that runs us (`CARGO`), so that nested builds use the same toolchain.
+fn cargo() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cargo"))
+}
+
+/// Prints a progress line.
+fn step(msg: impl std::fmt::Display) {
+    eprintln!("xtask: {msg}");
+}
+
+/// Relative to the workspace root when possible, for shorter messages.
+fn rel<'a>(root: &Path, path: &'a Path) -> std::borrow::Cow<'a, str> {
+    match path.strip_prefix(root) {
+        Ok(p) => std::borrow::Cow::Owned(p.display().to_string()),
+        Err(_) => path.to_string_lossy(),
+    }
+}
+
+// ---- interruption (SIGINT / SIGTERM) ---------------------------------------------------------
+
+/// The signal number that interrupted us, 0 while none has.
+static INTERRUPT: OnceLock<watch::Sender<i32>> = OnceLock::new();
+
+/// From now on SIGINT and SIGTERM no longer kill xtask: they are recorded so that every command
+/// can stop what it started before exiting.
+fn install_signal_handlers() -> Result<()> {
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let tx = INTERRUPT.get_or_init(|| watch::channel(0).0).clone();
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = int.recv() => nix::libc::SIGINT,
+                _ = term.recv() => nix::libc::SIGTERM,
+            };
+            if *tx.borrow() == 0 {
+                eprintln!("\nxtask: interrupted, cleaning up...");
+                tx.send_replace(sig);
+            } else {
+                eprintln!("\nxtask: still cleaning up, please wait...");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The signal that interrupted us, if any.
+fn interrupted() -> Option<i32> {
+    INTERRUPT
+        .get()
+        .map(|tx| *tx.borrow())
+        .filter(|&sig| sig != 0)
+}
+
+/// Fails if we have been interrupted; call between steps and in polling loops.
+fn check_interrupted() -> Result<()> {
+    match interrupted() {
+        Some(sig) => bail!("interrupted by signal {sig}"),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with the signal number once we are interrupted.
+async fn wait_interrupt() -> i32 {
+    let Some(tx) = INTERRUPT.get() else {
+        return std::future::pending().await;
+    };
+    let mut rx = tx.subscribe();
+    let sig = match rx.wait_for(|&sig| sig != 0).await {
+        Ok(sig) => *sig,
+        // The sender lives in a static and is never dropped.
+        Err(_) => return std::future::pending().await,
+    };
+    sig
+}
