@@ -153,8 +153,7 @@ pub async fn up(root: &Path, detach: bool) -> Result<u8> {
     println!();
     println!("Relaydesk is up.");
     println!("  core-api        {core_url}");
-    println!("  console         {core_url}/console");
-    println!("  demo            {core_url}/demo");
+    println!("  API document    {core_url}/v1/openapi.json");
     for (i, url) in edge_ws.iter().enumerate() {
         println!("  edge {}          {url}", i + 1);
     }

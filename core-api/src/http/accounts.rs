@@ -8,21 +8,25 @@ use axum::Json;
 use rand::seq::SliceRandom;
 use relaydesk_shared::token::{Claims, Role, AUD_API, AUD_EDGE};
 use serde::Deserialize;
+use utoipa::ToSchema;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::openapi::{AgentBody, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody};
 use super::ApiJson;
 use crate::auth::{self, Caller};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewTenant {
     name: String,
 }
 
 /// `POST /v1/tenants` (operator): a tenant, its `general` support type and an API key.
+#[utoipa::path(post, path = "/v1/tenants", request_body = NewTenant, security(("bearer" = [])),
+    responses((status = 201, body = TenantCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -68,7 +72,7 @@ pub async fn create_tenant(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewAgent {
     name: String,
     email: String,
@@ -104,6 +108,8 @@ fn agent_json(
 }
 
 /// `POST /v1/agents` (API key or admin).
+#[utoipa::path(post, path = "/v1/agents", request_body = NewAgent, security(("bearer" = [])),
+    responses((status = 201, body = AgentBody), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_agent(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -157,7 +163,7 @@ pub async fn create_agent(
     Ok((StatusCode::CREATED, Json(json!({ "agent": agent }))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Login {
     tenant: Uuid,
     email: String,
@@ -165,6 +171,8 @@ pub struct Login {
 }
 
 /// `POST /v1/auth/login`: an agent session token.
+#[utoipa::path(post, path = "/v1/auth/login", request_body = Login,
+    responses((status = 200, body = LoginBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<Login>,
@@ -217,12 +225,15 @@ fn agent_role(role: &str, kind: &str) -> Role {
     Role::parse(role).unwrap_or(Role::Agent)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Status {
     status: String,
 }
 
 /// `PUT /v1/agents/{id}/status` (the agent itself, an admin, or the API key).
+#[utoipa::path(put, path = "/v1/agents/{id}/status", request_body = Status, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "agent id")),
+    responses((status = 200, body = AgentBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn set_status(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -259,7 +270,7 @@ pub async fn set_status(
     Ok(Json(json!({ "agent": agent })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 pub struct ConnectTokenRequest {
     #[serde(default)]
     agent_id: Option<Uuid>,
@@ -268,6 +279,8 @@ pub struct ConnectTokenRequest {
 }
 
 /// `POST /v1/connect-tokens`: a connection token for the edge.
+#[utoipa::path(post, path = "/v1/connect-tokens", request_body(content = ConnectTokenRequest, description = "optional"), security(("bearer" = [])),
+    responses((status = 200, body = ConnectToken), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn connect_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -354,14 +367,14 @@ fn edge_url(state: &AppState) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct WidgetSession {
     site_key: String,
     #[serde(default)]
     visitor: Option<VisitorIdentity>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct VisitorIdentity {
     #[serde(default)]
     external_id: Option<String>,
@@ -375,6 +388,8 @@ pub struct VisitorIdentity {
 
 /// `POST /v1/widget/sessions` (public): a visitor, anonymous or verified by the tenant's
 /// identity hash, with an API token and a connection token.
+#[utoipa::path(post, path = "/v1/widget/sessions", request_body = WidgetSession,
+    responses((status = 201, body = WidgetSessionBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn widget_session(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<WidgetSession>,

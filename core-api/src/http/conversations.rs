@@ -10,9 +10,11 @@ use relaydesk_shared::bus::Egress;
 use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{Actor, ConvEvent, ServerFrame};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::openapi::{AcceptedBody, ConversationBody, ErrorBody, Messages};
 use super::ApiJson;
 use crate::auth::Caller;
 use crate::consumer::accepted;
@@ -22,7 +24,7 @@ use crate::fanout::Out;
 use crate::store::{self, NewMessage, Outcome};
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewConversation {
     #[serde(default)]
     support_type: Option<String>,
@@ -34,6 +36,8 @@ pub struct NewConversation {
 
 /// `POST /v1/conversations` (visitor token, or API key with `visitor_id`): creates the
 /// conversation and assigns it to an online agent with free capacity, if any.
+#[utoipa::path(post, path = "/v1/conversations", request_body = NewConversation, security(("bearer" = [])),
+    responses((status = 201, body = ConversationBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -183,6 +187,9 @@ fn reader(caller: Caller) -> Result<(Uuid, Option<(Uuid, Role)>)> {
 }
 
 /// `GET /v1/conversations/{id}`.
+#[utoipa::path(get, path = "/v1/conversations/{id}", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "conversation id")),
+    responses((status = 200, body = ConversationBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -211,7 +218,7 @@ pub async fn get(
     Ok(Json(json!({ "conversation": conversation })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct Page {
     #[serde(default)]
     after: u64,
@@ -224,6 +231,9 @@ fn default_limit() -> i64 {
 }
 
 /// `GET /v1/conversations/{id}/messages?after=&limit=`: in seq order; no notes for visitors.
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "conversation id"), Page),
+    responses((status = 200, body = Messages), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_messages(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -244,7 +254,7 @@ pub async fn list_messages(
     Ok(Json(json!({ "messages": messages })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PostMessage {
     #[serde(default = "default_kind")]
     kind: String,
@@ -257,6 +267,9 @@ fn default_kind() -> String {
 
 /// `POST /v1/conversations/{id}/messages` with `Idempotency-Key`: the REST fallback. The
 /// same commit path as the wire `send`; the same key again gets the same answer.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = PostMessage, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "conversation id"), ("Idempotency-Key" = String, Header, description = "the client message id")),
+    responses((status = 201, body = AcceptedBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
     caller: Caller,

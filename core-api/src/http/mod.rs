@@ -3,6 +3,7 @@
 
 mod accounts;
 mod conversations;
+mod openapi;
 mod ops;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/tenants", post(accounts::create_tenant))
         .route("/v1/agents", post(accounts::create_agent))
         .route("/v1/agents/{id}/status", put(accounts::set_status))
