@@ -76,6 +76,42 @@ async fn visitor_and_agent_on_different_edges_talk_both_ways() {
         .map(|m| m["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, vec![1, 2]);
+
+    // Both kinds of process expose what happened on /metrics, and the API its document.
+    let core_metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.core_url))
+        .send()
+        .await
+        .unwrap();
+    let core_metrics = core_metrics.text().await.unwrap();
+    for name in [
+        "relaydesk_core_commit_seconds",
+        "relaydesk_core_accept_latency_seconds",
+        "relaydesk_core_batch_size",
+    ] {
+        assert!(core_metrics.contains(name), "core /metrics lacks {name}");
+    }
+    let edge_base = stack.edge_urls[0]
+        .replace("ws://", "http://")
+        .replace("/v1/ws", "");
+    let edge_metrics = stack
+        .http
+        .get(format!("{edge_base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let edge_metrics = edge_metrics.text().await.unwrap();
+    for name in [
+        "relaydesk_edge_connections",
+        "relaydesk_edge_ingress_append_seconds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(edge_metrics.contains(name), "edge /metrics lacks {name}");
+    }
+    let (status, doc) = stack.get("/v1/openapi.json", "").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/conversations/{id}/messages"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,9 +36,9 @@ pub(crate) async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
             }
         }
-        "/metrics" if get => match relaydesk_shared::telemetry::prometheus() {
-            Some(h) => {
-                let mut r = text(StatusCode::OK, h.render());
+        "/metrics" if get => match relaydesk_shared::telemetry::render() {
+            Some(body) => {
+                let mut r = text(StatusCode::OK, body);
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),

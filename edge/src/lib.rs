@@ -52,6 +52,10 @@ use writer::Outbound;
 const INGRESS_QUEUE: usize = 65_536;
 /// Concurrent typing fan-outs (each one registry read); more are dropped.
 const TYPING_FANOUTS: usize = 256;
+/// Longest a Redis command may take before it counts as failed.
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Redis must keep failing before connections are closed with 4011.
+const REDIS_OUTAGE: Duration = Duration::from_secs(10);
 /// Extra time, after the drain window, for connections to finish their close handshake.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
@@ -123,11 +127,12 @@ impl Ctx {
     }
 
     /// Records a failed Redis round trip; true exactly once per outage, when it has
-    /// lasted `core_timeout`: then every connection is closed with 4011.
+    /// lasted [`REDIS_OUTAGE`] (or `core_timeout`, if longer): then every connection is
+    /// closed with 4011.
     pub fn redis_failed(&self) -> bool {
         let mut down = lock(&self.redis_down);
         let (since, reported) = down.get_or_insert((Instant::now(), false));
-        if !*reported && since.elapsed() >= self.config.core_timeout {
+        if !*reported && since.elapsed() >= self.config.core_timeout.max(REDIS_OUTAGE) {
             *reported = true;
             return true;
         }
@@ -144,11 +149,12 @@ fn redis_client(config: &Config) -> Result<Client, EdgeError> {
         fred::prelude::Config::from_url(&config.redis_url).map_err(EdgeError::RedisConfig)?;
     let client = Builder::from_config(redis_config)
         .with_performance_config(|p: &mut PerformanceConfig| {
-            p.default_command_timeout = Duration::from_secs(3);
+            // Generous: a command stalled by a loaded machine is not an outage.
+            p.default_command_timeout = REDIS_COMMAND_TIMEOUT;
         })
         .with_connection_config(|c: &mut ConnectionConfig| {
             c.connection_timeout = Duration::from_secs(3);
-            c.internal_command_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = REDIS_COMMAND_TIMEOUT;
             c.max_command_attempts = 2;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))

@@ -36,6 +36,21 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// The Prometheus text of every metric, with the process's own (`process_*`: resident
+/// memory, CPU, open files) sampled now. `None` when another recorder was installed.
+pub fn render() -> Option<String> {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    let handle = prometheus()?;
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+    Some(handle.render())
+}
+
 /// Structured logs to stderr, filtered by `RUST_LOG` (default `info`); JSON when
 /// `LOG_FORMAT=json`.
 pub fn init_tracing() {

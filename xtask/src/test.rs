@@ -1,5 +1,6 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
-//! instances in `.relaydesk/test/` (wiped at every run, always stopped at the end).
+//! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
+//! never share instances; always stopped at the end, removed when the tests pass).
 
 use std::path::Path;
 
@@ -40,7 +41,10 @@ pub async fn run(root: &Path, no_lint: bool, extra: &[String]) -> Result<u8> {
         check_interrupted()?;
     }
 
-    let base = root.join(".relaydesk").join("test");
+    let base = root
+        .join(".relaydesk")
+        .join("test")
+        .join(std::process::id().to_string());
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     // Both stop when dropped: on success, on error and on interruption.
     let mut pg = Postgres::start(&inst, &base, PgMode::Ephemeral)?;
@@ -88,10 +92,10 @@ pub async fn run(root: &Path, no_lint: bool, extra: &[String]) -> Result<u8> {
     let stopped = pg.stop().and(redis_stopped);
     if status.success() {
         stopped?;
-        step(format!(
-            "tests passed (service logs in {})",
-            rel(root, &base)
-        ));
+        step("tests passed");
+        if let Err(e) = std::fs::remove_dir_all(&base) {
+            eprintln!("xtask: could not remove {}: {e}", rel(root, &base));
+        }
     } else {
         if let Err(e) = stopped {
             eprintln!("xtask: {e:#}");

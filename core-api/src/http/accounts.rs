@@ -8,11 +8,13 @@ use axum::Json;
 use rand::seq::SliceRandom;
 use relaydesk_shared::token::{Claims, Role, AUD_API, AUD_EDGE};
 use serde::Deserialize;
-use utoipa::ToSchema;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::openapi::{AgentBody, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody};
+use super::openapi::{
+    AgentBody, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody,
+};
 use super::ApiJson;
 use crate::auth::{self, Caller};
 use crate::db;

@@ -10,8 +10,8 @@ use relaydesk_shared::bus::Egress;
 use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{Actor, ConvEvent, ServerFrame};
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{AcceptedBody, ConversationBody, ErrorBody, Messages};

@@ -191,7 +191,10 @@ mod tests {
             "/v1/conversations/{id}",
             "/v1/conversations/{id}/messages",
         ] {
-            assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
         }
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -37,8 +37,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 pub async fn metrics() -> impl IntoResponse {
-    match relaydesk_shared::telemetry::prometheus() {
-        Some(handle) => (StatusCode::OK, handle.render()),
+    match relaydesk_shared::telemetry::render() {
+        Some(body) => (StatusCode::OK, body),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             String::from("metrics recorder unavailable"),
