@@ -39,10 +39,16 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        metrics::counter!("relaydesk_edge_rejected_connections_total").increment(1);
+                        metrics::counter!("relaydesk_edge_rejected_connections_total", "reason" => "edge_full").increment(1);
                         drop(stream);
                         continue;
                     };
+                    let Some(ip) = ctx.limits.admit_ip(peer.ip()) else {
+                        metrics::counter!("relaydesk_edge_rejected_connections_total", "reason" => "per_ip").increment(1);
+                        drop(stream);
+                        continue;
+                    };
+                    let permit = Admission { _permit: permit, _ip: ip };
                     let _ = stream.set_nodelay(true);
                     ctx.tracker.spawn(serve_connection(ctx.clone(), stream, peer, permit, stop_http.clone()));
                 }
@@ -59,11 +65,18 @@ pub(crate) async fn serve(
     stop_http.cancel();
 }
 
+/// What an accepted connection holds for its whole life (through the upgrade): its
+/// place under the edge's connection cap and under its source address's.
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _ip: crate::limits::Slot,
+}
+
 async fn serve_connection(
     ctx: Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: Admission,
     stop: CancellationToken,
 ) {
     let permit = Arc::new(permit);

@@ -35,6 +35,19 @@ pub struct Config {
     pub core_timeout: Duration,
     /// Window over which WebSockets are closed when draining (env `DRAIN_WINDOW_MS`, default 5000).
     pub drain_window: Duration,
+    /// Connections from one source address (env `MAX_CONNECTIONS_PER_IP`, default 19000).
+    pub max_connections_per_ip: usize,
+    /// WebSocket upgrades per second, all clients together (env `UPGRADES_PER_SEC`,
+    /// default 5000); past it: HTTP 429.
+    pub upgrades_per_sec: u32,
+    /// Authenticated connections of one tenant on this edge (env
+    /// `TENANT_MAX_CONNECTIONS`, default 19000); past it: close 4029.
+    pub tenant_max_connections: usize,
+    /// `send` frames per second of one connection (env `CONN_MSGS_PER_SEC`, default 200).
+    pub conn_msgs_per_sec: u32,
+    /// `send` frames per second of one tenant on this edge (env `TENANT_MSGS_PER_SEC`,
+    /// default 20000).
+    pub tenant_msgs_per_sec: u32,
 }
 
 /// Why the environment does not describe a valid configuration.
@@ -78,6 +91,11 @@ impl Config {
             header_timeout: Duration::from_millis(10_000),
             core_timeout: Duration::from_millis(5000),
             drain_window: Duration::from_millis(5000),
+            max_connections_per_ip: 19_000,
+            upgrades_per_sec: 5_000,
+            tenant_max_connections: 19_000,
+            conn_msgs_per_sec: 200,
+            tenant_msgs_per_sec: 20_000,
         }
     }
 
@@ -151,6 +169,15 @@ impl Config {
         c.max_message_bytes = size("MAX_MESSAGE_BYTES", c.max_message_bytes)?;
         c.outbound_queue_bytes = size("OUTBOUND_QUEUE_BYTES", c.outbound_queue_bytes)?;
         c.max_connections = size("MAX_CONNECTIONS", c.max_connections)?;
+        c.max_connections_per_ip = size("MAX_CONNECTIONS_PER_IP", c.max_connections_per_ip)?;
+        c.tenant_max_connections = size("TENANT_MAX_CONNECTIONS", c.tenant_max_connections)?;
+        let rate = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+            let n = size(var, default as usize)?;
+            u32::try_from(n).map_err(|_| invalid(var, &n.to_string(), "too large"))
+        };
+        c.upgrades_per_sec = rate("UPGRADES_PER_SEC", c.upgrades_per_sec)?;
+        c.conn_msgs_per_sec = rate("CONN_MSGS_PER_SEC", c.conn_msgs_per_sec)?;
+        c.tenant_msgs_per_sec = rate("TENANT_MSGS_PER_SEC", c.tenant_msgs_per_sec)?;
         Ok(c)
     }
 }

@@ -12,7 +12,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::Ctx;
 
@@ -21,7 +20,7 @@ pub type Body = Full<Bytes>;
 /// Answers one HTTP request.
 pub(crate) async fn handle(
     ctx: Arc<Ctx>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<crate::accept::Admission>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
@@ -70,11 +69,22 @@ async fn ready(ctx: &Ctx) -> bool {
 
 fn upgrade(
     ctx: Arc<Ctx>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<crate::accept::Admission>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     if ctx.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if !ctx.limits.upgrade_allowed() {
+        metrics::counter!("relaydesk_edge_rejected_connections_total", "reason" => "upgrade_rate")
+            .increment(1);
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connection attempts",
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut r = text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required");

@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ingress;
+pub mod limits;
 pub mod registry;
 pub mod session;
 pub mod writer;
@@ -66,6 +67,7 @@ pub(crate) struct Ctx {
     /// Commands (pipelined); the egress reader has its own connection.
     pub redis: Client,
     pub verifier: TokenVerifier,
+    pub limits: Arc<limits::Limits>,
     hub: Mutex<Hub>,
     pub ingress: IngressTx,
     /// Every WebSocket session, authenticated or not, for drain and Redis outages.
@@ -188,6 +190,7 @@ pub async fn run(
         keys: keys.clone(),
         redis: redis.clone(),
         verifier,
+        limits: limits::Limits::new(&config),
         ingress,
         sessions: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
@@ -224,12 +227,18 @@ pub async fn run(
     let sweeper_task = tokio::spawn(egress::run_sweeper(ctx.clone(), background.clone()));
     let upkeep_task = tokio::spawn({
         let stop = background.clone();
+        let upkeep_ctx = ctx.clone();
         async move {
-            let Some(handle) = prometheus else { return };
+            let ctx = upkeep_ctx;
             let mut ticker = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = ticker.tick() => handle.run_upkeep(),
+                    _ = ticker.tick() => {
+                        if let Some(handle) = &prometheus {
+                            handle.run_upkeep();
+                        }
+                        ctx.limits.sweep();
+                    }
                     _ = stop.cancelled() => break,
                 }
             }

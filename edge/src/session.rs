@@ -16,7 +16,6 @@ use relaydesk_shared::bus::{Egress, Ingress, Source};
 use relaydesk_shared::wire::{self, Actor, ClientFrame, ServerFrame};
 use relaydesk_shared::{CloseCode, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use crate::writer::{run_writer, Liveness, Outbound};
@@ -24,6 +23,8 @@ use crate::Ctx;
 
 /// Consecutive unparseable frames after which the connection is closed with 4500.
 const MAX_BAD_FRAMES: u32 = 10;
+/// Consecutive rate-limited `send`s after which the connection is closed with 4029.
+const MAX_LIMITED: u32 = 20;
 /// Socket write buffer: frames queued together leave in one write.
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long to wait for the peer's close frame after sending ours.
@@ -130,7 +131,7 @@ pub(crate) async fn run_session<S>(
     ctx: Arc<Ctx>,
     mut ws: WebSocket<S>,
     origin: Option<String>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<crate::accept::Admission>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -166,6 +167,8 @@ pub(crate) async fn run_session<S>(
         out: out.clone(),
         src: None,
         bad: 0,
+        sends: ctx.limits.connection_bucket(),
+        limited: 0,
     };
     let end = session.run(&mut reader, origin.as_deref()).await;
     match end {
@@ -204,6 +207,10 @@ struct Session {
     src: Option<Source>,
     /// Consecutive unparseable frames.
     bad: u32,
+    /// This connection's `send` bucket.
+    sends: governor::DefaultDirectRateLimiter,
+    /// Consecutive `send`s refused as rate limited.
+    limited: u32,
 }
 
 impl Session {
@@ -240,6 +247,11 @@ impl Session {
             tracing::debug!(conn = self.conn, origin, "origin refused");
             return End::Close(CloseCode::Unauthorized.code());
         }
+        // Held for the connection's life.
+        let Some(_tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
+            tracing::info!(conn = self.conn, tenant = %claims.tid, "tenant connection cap reached");
+            return End::Close(CloseCode::RateLimited.code());
+        };
         let src = Source {
             edge: cfg.edge_id.clone(),
             conn: self.conn,
@@ -358,6 +370,25 @@ impl Session {
                 kind,
                 body,
             } => {
+                if let Err(limited) = ctx.limits.send(&self.sends, src.tenant) {
+                    self.limited += 1;
+                    metrics::counter!("relaydesk_edge_rate_limited_total").increment(1);
+                    if self.limited > MAX_LIMITED {
+                        return Some(End::Close(CloseCode::RateLimited.code()));
+                    }
+                    let retry_after_ms = u64::try_from(limited.retry_after.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    self.send(&ServerFrame::Error {
+                        id: Some(id),
+                        conv: Some(conv),
+                        code: ErrorCode::RateLimited,
+                        message: "too many messages; retry later".to_owned(),
+                        retry_after_ms: Some(retry_after_ms),
+                    });
+                    return None;
+                }
+                self.limited = 0;
                 if !wire::valid_client_id(&id) {
                     self.error(
                         Some(id),

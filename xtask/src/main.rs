@@ -3,6 +3,7 @@
 //! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances.
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
+//! - `bench`: the standard load suite (`loadtest`), reports in `docs/bench/`.
 //!
 //! Nothing here ever touches a system PostgreSQL or Redis: every instance is private, listens on
 //! a free port of 127.0.0.1 and keeps its data under `<workspace>/.relaydesk/`.
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+mod bench;
 mod services;
 mod test;
 mod up;
@@ -49,6 +51,8 @@ enum Command {
     },
     /// Stop what `cargo xtask up --detach` started.
     Down,
+    /// Run the standard load suite; reports go to docs/bench/ and docs/benchmarks.md.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             Command::Test { no_lint, args } => test::run(&root, no_lint, &args).await,
             Command::Up { detach } => up::up(&root, detach).await,
             Command::Down => up::down(&root).map(|()| 0),
+            Command::Bench => bench::run(&root).await,
         }
     });
     match result {

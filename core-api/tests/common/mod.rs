@@ -80,6 +80,17 @@ impl Stack {
 
     /// `with_core = false` leaves core-api to the test (e.g. as child processes).
     pub async fn start_with(edges: usize, with_core: bool) -> Stack {
+        Self::start_custom(edges, with_core, |_| {}).await
+    }
+
+    /// Like [`Stack::start_with`], with each edge's configuration adjusted by `tune`.
+    /// Send-rate limits are lifted unless `tune` sets them: these tests measure the
+    /// message path, not the limits.
+    pub async fn start_custom(
+        edges: usize,
+        with_core: bool,
+        tune: impl Fn(&mut relaydesk_edge::Config),
+    ) -> Stack {
         init_logs();
         let env = test_env();
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..10]);
@@ -89,11 +100,14 @@ impl Stack {
         for _ in 0..edges {
             let (l, addr) = listener().await;
             edge_urls.push(format!("ws://{addr}/v1/ws"));
-            let config = relaydesk_edge::Config::new(
+            let mut config = relaydesk_edge::Config::new(
                 env.redis_url.clone(),
                 prefix.clone(),
                 env.public_pem.clone(),
             );
+            config.conn_msgs_per_sec = 1_000_000;
+            config.tenant_msgs_per_sec = 1_000_000;
+            tune(&mut config);
             let s = stop.clone();
             tokio::spawn(async move {
                 if let Err(e) =

@@ -1,0 +1,315 @@
+//! `cargo xtask bench`: the standard load suite (the `loadtest` crate) against a local stack.
+//!
+//! Uses the running stack when `.relaydesk/dev.env` exists and its core-api answers `/readyz`;
+//! otherwise starts one like `cargo xtask up --detach` and stops it at the end. Builds
+//! `loadtest` in release, runs connect, chat at increasing rates up to saturation, fanout and
+//! storm, writes each report to `docs/bench/` (JSON and HTML) and rewrites
+//! `docs/benchmarks.md` with the machine, the commands, a table of the figures and links.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::services::run_child;
+use crate::{cargo, check_interrupted, rel, step, up};
+
+/// One run of the suite.
+struct Run {
+    name: String,
+    args: Vec<String>,
+}
+
+pub async fn run(root: &Path) -> Result<u8> {
+    let env_file = root.join(".relaydesk").join("dev.env");
+    let started = if stack_ready(&env_file).await {
+        step(format!(
+            "using the running stack ({})",
+            rel(root, &env_file)
+        ));
+        false
+    } else {
+        step("no running stack: starting one (as `cargo xtask up --detach`)");
+        up::up(root, true).await?;
+        true
+    };
+    let result = suite(root, &env_file).await;
+    if started {
+        step("stopping the stack this bench started");
+        if let Err(e) = up::down(root) {
+            eprintln!("xtask: {e:#}");
+        }
+    }
+    result
+}
+
+fn env_value(env_file: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(env_file).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+async fn stack_ready(env_file: &Path) -> bool {
+    let Some(core) = env_value(env_file, "CORE_URL") else {
+        return false;
+    };
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    else {
+        return false;
+    };
+    matches!(http.get(format!("{core}/readyz")).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Edge pids from `.relaydesk/dev/pids` (`edge-1=…`), in order.
+fn edge_pids(root: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(root.join(".relaydesk").join("dev").join("pids"))
+        .unwrap_or_default();
+    let mut pids: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("edge-"))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect();
+    pids.sort();
+    pids.into_iter().map(|(_, v)| v).collect()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
+    step("building loadtest (release)");
+    let status = run_child(
+        tokio::process::Command::new(cargo())
+            .args(["build", "--release", "-p", "loadtest"])
+            .current_dir(root),
+        "cargo build",
+    )
+    .await?;
+    if !status.success() {
+        bail!("`cargo build --release -p loadtest` failed ({status})");
+    }
+    let bin = target_dir(root).join("release").join("loadtest");
+    let out = root.join("docs").join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let edges: Vec<String> = env_value(env_file, "EDGE_URLS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let Some(first_edge) = edges.first().cloned() else {
+        bail!("{} has no EDGE_URLS", env_file.display());
+    };
+    let pids = edge_pids(root);
+    let env_arg = format!("--env {}", rel(root, env_file));
+    let all_pids: String = pids.iter().map(|p| format!(" --edge-pid {p}")).collect();
+
+    let mut done: Vec<(Run, Option<Value>)> = Vec::new();
+    // connect: 19,000 connections on one edge, spread over two worker processes.
+    let mut connect = args(&format!(
+        "connect {env_arg} --edge {first_edge} --connections 19000 --rate 2000 --hold 5s --per-process 10000"
+    ));
+    if let Some(p) = pids.first() {
+        connect.extend(args(&format!("--edge-pid {p}")));
+    }
+    done.push(one(root, &bin, &out, "connect-19000", connect).await?);
+
+    // chat at increasing rates until saturation.
+    for rate in [1000, 2000, 5000, 10000] {
+        check_interrupted()?;
+        let (run, report) = one(
+            root,
+            &bin,
+            &out,
+            &format!("chat-{rate}"),
+            args(&format!(
+                "chat {env_arg}{all_pids} --conversations 1000 --rate {rate} --duration 10s --slo p99<100ms,loss=0"
+            )),
+        )
+        .await?;
+        let saturated = report.as_ref().is_none_or(|r| {
+            let achieved = r["rate_achieved"].as_f64().unwrap_or(0.0);
+            let p99 = r["deliver"]["p99"].as_f64().unwrap_or(f64::MAX);
+            achieved < 0.9 * f64::from(rate) || p99 > 100.0
+        });
+        done.push((run, report));
+        if saturated {
+            step(format!("chat saturated at {rate} msgs/s; not going higher"));
+            break;
+        }
+    }
+    check_interrupted()?;
+    done.push(
+        one(
+            root,
+            &bin,
+            &out,
+            "fanout-1000",
+            args(&format!(
+                "fanout {env_arg} --subscribers 1000 --publishers 1 --rate 20 --duration 10s"
+            )),
+        )
+        .await?,
+    );
+    check_interrupted()?;
+    done.push(
+        one(
+            root,
+            &bin,
+            &out,
+            "storm-2000",
+            args(&format!("storm {env_arg} --connections 2000")),
+        )
+        .await?,
+    );
+    write_markdown(root, &done)?;
+    step(format!(
+        "wrote {} and {}",
+        rel(root, &root.join("docs").join("benchmarks.md")),
+        rel(root, &out)
+    ));
+    Ok(0)
+}
+
+/// Runs one scenario; a failed gate is a result, not an error.
+async fn one(
+    root: &Path,
+    bin: &Path,
+    out: &Path,
+    name: &str,
+    mut a: Vec<String>,
+) -> Result<(Run, Option<Value>)> {
+    let json = out.join(format!("{name}.json"));
+    let html = out.join(format!("{name}.html"));
+    a.extend([
+        "--quiet".to_owned(),
+        "--json".to_owned(),
+        rel(root, &json).into_owned(),
+        "--html".to_owned(),
+        rel(root, &html).into_owned(),
+    ]);
+    step(format!("loadtest {}", a.join(" ")));
+    let status = run_child(
+        tokio::process::Command::new(bin).args(&a).current_dir(root),
+        "loadtest",
+    )
+    .await?;
+    check_interrupted()?;
+    let report = if status.code() == Some(0) || status.code() == Some(1) {
+        std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    } else {
+        eprintln!("xtask: {name} failed to run ({status})");
+        None
+    };
+    Ok((
+        Run {
+            name: name.to_owned(),
+            args: a,
+        },
+        report,
+    ))
+}
+
+fn f(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}"))
+}
+
+fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\nWritten by `cargo xtask bench` (the `loadtest` crate against a local `cargo xtask up` stack: one core-api, two edges, PostgreSQL and Redis, all on the same machine as the harness). Rerun it to refresh this page.\n\n");
+    if let Some(m) = runs
+        .iter()
+        .find_map(|(_, r)| r.as_ref())
+        .map(|r| &r["machine"])
+    {
+        let _ = writeln!(
+            md,
+            "## Machine\n\n- {} cores ({})\n- {:.1} GiB memory\n- kernel: {}\n- loadtest {}\n",
+            m["cores"],
+            m["cpu_model"].as_str().unwrap_or("?"),
+            m["memory_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30),
+            m["kernel"].as_str().unwrap_or("?"),
+            runs.iter()
+                .find_map(|(_, r)| r.as_ref())
+                .and_then(|r| r["version"].as_str())
+                .unwrap_or("?")
+        );
+    }
+    md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat and fanout: send → delivered to the other party; storm: drop → resumed and caught up).\n\n");
+    md.push_str("| run | interval | p50 | p90 | p99 | p99.9 | max | rate target | rate achieved | deliveries/s | lost | dup | reordered | trustworthy | verdict | report |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (run, r) in runs {
+        let Some(r) = r else {
+            let _ = writeln!(
+                md,
+                "| {} | did not run | | | | | | | | | | | | | | |",
+                run.name
+            );
+            continue;
+        };
+        let main = r["main_interval"].as_str().unwrap_or("deliver");
+        let s = &r[main];
+        let _ = writeln!(
+            md,
+            "| {} | {main} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [html](bench/{}.html) · [json](bench/{}.json) |",
+            run.name,
+            f(&s["p50"]),
+            f(&s["p90"]),
+            f(&s["p99"]),
+            f(&s["p999"]),
+            f(&s["max"]),
+            f(&r["rate_target"]),
+            f(&r["rate_achieved"]),
+            f(&r["deliveries_per_s"]),
+            r["lost"],
+            r["duplicated"],
+            r["reordered"],
+            r["trustworthy"],
+            if r["passed"].as_bool() == Some(true) { "pass" } else { "FAIL" },
+            run.name,
+            run.name
+        );
+        if let Some(mem) = r["memory"]["bytes_per_connection"].as_f64() {
+            let _ = writeln!(
+                md,
+                "| ↳ {} edge memory | {:.1} KiB per connection | | | | | | | | | | | | | | |",
+                run.name,
+                mem / 1024.0
+            );
+        }
+    }
+    md.push_str("\nWarnings (a run is *not trustworthy* when the harness's schedule lag p99 exceeded 5 ms or one of its processes used more than 90% of a core):\n\n");
+    for (run, r) in runs {
+        if let Some(ws) = r.as_ref().and_then(|r| r["warnings"].as_array()) {
+            for w in ws {
+                let _ = writeln!(md, "- {}: {}", run.name, w.as_str().unwrap_or(""));
+            }
+        }
+    }
+    md.push_str("\n## Commands\n\n```sh\n");
+    for (run, _) in runs {
+        let _ = writeln!(
+            md,
+            "cargo run --release -p loadtest -- {}",
+            run.args.join(" ")
+        );
+    }
+    md.push_str("```\n");
+    let path = root.join("docs").join("benchmarks.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
+}
