@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
+use futures::StreamExt;
 use relaydesk_shared::bus::{self, Egress, Ingress, Source};
 use relaydesk_shared::wire::{Accepted, Actor, Message, ServerFrame};
 use tokio_util::sync::CancellationToken;
@@ -313,8 +314,14 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
     for (src, conv, after) in subs {
         outs.extend(replay(state, src, conv, after).await?);
     }
-    for src in hellos {
-        outs.push(welcome(state, src).await?);
+    // Hellos arrive in storms (every client reconnecting): answer them concurrently.
+    let welcomes: Vec<Result<Out>> = futures::stream::iter(hellos.into_iter().cloned())
+        .map(|src: Source| async move { welcome(state, &src).await })
+        .buffer_unordered(state.config.database_pool.max(1))
+        .collect()
+        .await;
+    for w in welcomes {
+        outs.push(w?);
     }
     if !receipts.is_empty() {
         store::store_receipts(&state.pool, &receipts).await?;

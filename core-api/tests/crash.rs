@@ -145,8 +145,13 @@ async fn kill_9_of_a_core_api_mid_burst_loses_and_duplicates_nothing() {
         let mut n = 0;
         while n < total {
             let next = tokio::time::timeout(Duration::from_secs(15), ws.stream.next()).await;
-            let Ok(Some(Ok(WsMessage::Text(t)))) = next else {
-                break;
+            let t = match next {
+                Ok(Some(Ok(WsMessage::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                other => {
+                    eprintln!("recipient stopped reading after {n} messages: {other:?}");
+                    break;
+                }
             };
             let f: Value = serde_json::from_str(&t).unwrap();
             if f["t"] == "msg" {

@@ -323,8 +323,12 @@ impl ClientCtx {
         let (mut sink, mut stream) = ws.split();
         let conv = self.conv();
         let mut caught_up_at: Option<u64> = None;
+        // Order is judged within the stream a `sub` starts (after its `subbed`): frames
+        // delivered live before it (automatic subscription) may legitimately be replayed.
+        let mut stream_last: Option<u64> = None;
+        let sub_after = seqs.contiguous;
         if let Some(conv) = conv {
-            let sub = json!({"t": "sub", "conv": conv, "after": seqs.contiguous}).to_string();
+            let sub = json!({"t": "sub", "conv": conv, "after": sub_after}).to_string();
             if sink.send(WsMessage::Text(sub.into())).await.is_err() {
                 self.rec.connections(-1);
                 return End::Lost;
@@ -357,6 +361,7 @@ impl ClientCtx {
             };
             match client::parse(&text) {
                 Some(ServerFrame::Subbed { conv: c, head }) if Some(c) == conv => {
+                    stream_last = Some(sub_after);
                     if seqs.contiguous >= head {
                         self.passed(first, resuming);
                     } else {
@@ -364,10 +369,17 @@ impl ClientCtx {
                     }
                 }
                 Some(ServerFrame::Msg(m)) if Some(m.conv) == conv => {
-                    match seqs.insert(m.seq) {
-                        Arrival::New => {}
-                        Arrival::Duplicate => self.rec.add(stats::DUPLICATED, 1),
-                        Arrival::Reordered => self.rec.add(stats::REORDERED, 1),
+                    let arrival = seqs.insert(m.seq);
+                    match stream_last {
+                        Some(last) if m.seq <= last => {
+                            if arrival == Arrival::Duplicate && m.seq == last {
+                                self.rec.add(stats::DUPLICATED, 1);
+                            } else {
+                                self.rec.add(stats::REORDERED, 1);
+                            }
+                        }
+                        Some(_) => stream_last = Some(m.seq),
+                        None => {}
                     }
                     if let Some(t0) = client::body_t0(&m.body) {
                         // Replayed history after a resume is measured by `resume`.
