@@ -26,7 +26,7 @@ const MAX_BAD_FRAMES: u32 = 10;
 /// Consecutive rate-limited `send`s after which the connection is closed with 4029.
 const MAX_LIMITED: u32 = 20;
 /// Socket write buffer: frames queued together leave in one write.
-const WRITE_BUFFER: usize = 16 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// WebSocket close code for a protocol error at the framing level.
