@@ -47,10 +47,6 @@ impl Fanout {
         }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Live edges of each registry key (one pipelined round trip for all of them).
     pub async fn live_edges(&self, registry_keys: &[String]) -> Result<Vec<Vec<String>>> {
         if registry_keys.is_empty() {

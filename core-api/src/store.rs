@@ -206,23 +206,20 @@ async fn commit_tenant(
         .collect();
     let rows = tx
         .query(
-            "SELECT m.conversation_id, m.sender_id, m.client_msg_id, m.seq, m.id, m.sender_role, m.sender_name,
-                    m.kind, m.body, (extract(epoch FROM m.created_at) * 1000)::int8
+            &format!(
+                "SELECT m.conversation_id, m.client_msg_id, {MESSAGE_COLUMNS}
                FROM messages m
                JOIN unnest($2::uuid[], $3::uuid[], $4::text[]) AS k(conv, sender, client)
                  ON m.conversation_id = k.conv AND m.sender_id = k.sender AND m.client_msg_id = k.client
-              WHERE m.tenant_id = $1",
+              WHERE m.tenant_id = $1"
+            ),
             &[&tenant, &keys_conv, &keys_sender, &keys_client],
         )
         .await?;
     let mut existing: HashMap<(Uuid, Uuid, String), Message> = HashMap::new();
     for r in &rows {
-        let key = (
-            r.get::<_, Uuid>(0),
-            r.get::<_, Uuid>(1),
-            r.get::<_, String>(2),
-        );
-        existing.insert(key, message_from_parts(r.get(0), r, 3));
+        let m = message_from_row(r.get(0), r, 2);
+        existing.insert((m.conv, m.from.id, r.get::<_, String>(1)), m);
     }
 
     // 4. Allocate seqs to the new ones, in batch order.
@@ -323,23 +320,26 @@ impl Inserts {
     }
 }
 
-/// Builds a [`Message`] from a row whose columns from `at` are: seq, id, sender_id,
-/// sender_role, sender_name, kind, body, ts (ms); `sender_id` sits at `at - 2` in the
-/// dedupe query and is read from there.
-fn message_from_parts(conv: Uuid, r: &tokio_postgres::Row, at: usize) -> Message {
-    let role: String = r.get(at + 2);
+/// The columns [`message_from_row`] reads, in its order (table alias `m`).
+const MESSAGE_COLUMNS: &str =
+    "m.sender_id, m.seq, m.id, m.sender_role, m.sender_name, m.kind, m.body,
+     (extract(epoch FROM m.created_at) * 1000)::int8";
+
+/// Builds a [`Message`] of `conv` from [`MESSAGE_COLUMNS`], which start at column `at`.
+fn message_from_row(conv: Uuid, r: &tokio_postgres::Row, at: usize) -> Message {
+    let role: String = r.get(at + 3);
     Message {
         conv,
-        seq: r.get::<_, i64>(at) as u64,
-        msg: r.get(at + 1),
+        seq: r.get::<_, i64>(at + 1) as u64,
+        msg: r.get(at + 2),
         from: Actor {
-            id: r.get(at - 2),
+            id: r.get(at),
             role: Role::parse(&role).unwrap_or(Role::Visitor),
-            name: r.get(at + 3),
+            name: r.get(at + 4),
         },
-        kind: r.get(at + 4),
-        body: r.get(at + 5),
-        ts: r.get(at + 6),
+        kind: r.get(at + 5),
+        body: r.get(at + 6),
+        ts: r.get(at + 7),
     }
 }
 
@@ -355,13 +355,14 @@ pub async fn history(
 ) -> Result<Vec<Message>> {
     let rows = tx
         .query(
-            "SELECT sender_id, NULL::int, seq, id, sender_role, sender_name, kind, body,
-                    (extract(epoch FROM created_at) * 1000)::int8
-               FROM messages
+            &format!(
+                "SELECT {MESSAGE_COLUMNS}
+               FROM messages m
               WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3
                 AND ($4 OR kind NOT IN ('note', 'suggestion'))
               ORDER BY seq
-              LIMIT $5",
+              LIMIT $5"
+            ),
             &[
                 &tenant,
                 &conv,
@@ -371,10 +372,7 @@ pub async fn history(
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| message_from_parts(conv, r, 2))
-        .collect())
+    Ok(rows.iter().map(|r| message_from_row(conv, r, 0)).collect())
 }
 
 /// A cumulative `ack` or a `read` receipt.
@@ -421,17 +419,4 @@ pub async fn store_receipts(pool: &Pool, receipts: &[Receipt]) -> Result<()> {
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// Opens a tenant transaction on a pooled connection and runs `f` in it, committing on
-/// success.
-pub async fn in_tenant<T, F>(pool: &Pool, tenant: Uuid, f: F) -> Result<T>
-where
-    F: for<'t> FnOnce(&'t Transaction<'t>) -> futures::future::BoxFuture<'t, Result<T>>,
-{
-    let mut client = pool.get().await?;
-    let tx = db::tenant_tx(&mut client, tenant).await?;
-    let out = f(&tx).await?;
-    tx.commit().await?;
-    Ok(out)
 }
