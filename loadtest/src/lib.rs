@@ -1,5 +1,5 @@
 //! Relaydesk's load harness, as a library: the scenarios (`scenarios::{connect, chat,
-//! fanout, storm}`) take a config and return a [`report::Report`]; `main.rs` is the CLI
+//! fanout, storm, soak}`) take a config and return a [`report::Report`]; `main.rs` is the CLI
 //! around them and the integration tests call them directly.
 //!
 //! It speaks only the public contracts — wire protocol v1 and HTTP API v1 — and builds its

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use loadtest::scenarios::{chat, connect, fanout, storm, Common};
+use loadtest::scenarios::{chat, connect, fanout, soak, storm, Common};
 use loadtest::worker::Scale;
 use loadtest::{slo, Report, Target};
 
@@ -93,6 +93,47 @@ enum Cmd {
         resume_timeout: Duration,
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         grace: Duration,
+    },
+    /// A mixed load for a long time (idle connections, chat, periodic resumes), sampling
+    /// each edge's and core-api's memory to show drift.
+    Soak {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Idle authenticated connections held (the resuming subscribers included).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Two-party conversations carrying the chat traffic.
+        #[arg(long, default_value_t = 100)]
+        conversations: usize,
+        /// Messages per second, all conversations together.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// How often each edge's and core-api's /metrics is read.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        sample_every: Duration,
+        /// Memory drift is measured from the first sample this long after the load is up.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// How often the resuming subscribers drop their connections and resume.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        reconnect_every: Duration,
+        /// Fraction of --connections subscribed to the chat conversations that drop and
+        /// resume (0: none).
+        #[arg(long, default_value_t = 0.02)]
+        reconnect_fraction: f64,
+        /// New connections per second while ramping up.
+        #[arg(long, default_value_t = 500.0)]
+        connect_rate: f64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resume_timeout: Duration,
+        /// Wait this long for the last deliveries.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Conversations per agent.
+        #[arg(long, default_value_t = 50)]
+        per_agent: usize,
     },
     /// Internal: one pool of connections for a parent process (stdin/stdout JSON lines).
     #[command(hide = true)]
@@ -258,6 +299,38 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 grace,
             };
             (common, storm::run(&c, &cfg).await?)
+        }
+        Cmd::Soak {
+            common,
+            connections,
+            conversations,
+            rate,
+            duration,
+            sample_every,
+            warmup,
+            reconnect_every,
+            reconnect_fraction,
+            connect_rate,
+            resume_timeout,
+            grace,
+            per_agent,
+        } => {
+            let c = common.common()?;
+            let cfg = soak::SoakConfig {
+                connections,
+                conversations,
+                rate,
+                duration,
+                sample_every,
+                warmup,
+                reconnect_every,
+                reconnect_fraction,
+                connect_rate,
+                resume_timeout,
+                grace,
+                per_agent,
+            };
+            (common, soak::run(&c, &cfg).await?)
         }
     };
     args.output(&report).context("writing the report")?;

@@ -1,6 +1,7 @@
 //! The result of a run: [`Report`] (what the JSON holds), its verdict (correctness, SLO
 //! gates, trustworthiness), the end-of-run table, and the self-contained HTML page with
-//! SVG plots (plotters) of latency, throughput and connections over time.
+//! SVG plots (plotters) of latency, throughput and connections over time, and, for
+//! `soak`, of each process's resident memory over time ([`MemorySeries`], [`Drift`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +28,69 @@ pub struct Memory {
     pub after: Vec<EdgeSample>,
     /// (Σ rss_after − Σ rss_before) / connections, when every edge's RSS was readable.
     pub bytes_per_connection: Option<f64>,
+}
+
+/// One process's `/metrics` read at one moment of a `soak`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Seconds since the start of the run.
+    pub t: f64,
+    pub rss_bytes: Option<u64>,
+    /// `relaydesk_edge_connections` (edges only).
+    pub connections: Option<f64>,
+}
+
+/// Resident memory growth of one process over the steady part of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The first sample at or after the end of the warm-up, and the last one.
+    pub from_t: f64,
+    pub to_t: f64,
+    pub from_bytes: u64,
+    pub to_bytes: u64,
+    /// `to_bytes - from_bytes` (negative when memory shrank).
+    pub bytes: i64,
+    pub bytes_per_min: f64,
+}
+
+impl Drift {
+    /// From the first sample with a known RSS at `t >= from_t` to the last sample with a
+    /// known RSS; `None` unless those are two different samples.
+    pub fn of(samples: &[MemorySample], from_t: f64) -> Option<Drift> {
+        let known = || samples.iter().filter_map(|s| s.rss_bytes.map(|b| (s.t, b)));
+        let (t0, b0) = known().find(|(t, _)| *t >= from_t)?;
+        let (t1, b1) = known().next_back()?;
+        if t1 <= t0 {
+            return None;
+        }
+        let bytes = b1 as i64 - b0 as i64;
+        Some(Drift {
+            from_t: t0,
+            to_t: t1,
+            from_bytes: b0,
+            to_bytes: b1,
+            bytes,
+            bytes_per_min: bytes as f64 * 60.0 / (t1 - t0),
+        })
+    }
+}
+
+/// One process's memory over a `soak`: every sample and the drift.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemorySeries {
+    /// `edge` or `core`.
+    pub process: String,
+    /// The edge's WebSocket URL or core-api's base URL.
+    pub url: String,
+    pub samples: Vec<MemorySample>,
+    pub drift: Option<Drift>,
+}
+
+impl MemorySeries {
+    /// `edge ws://…` or `core http://…`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.process, self.url)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,6 +140,9 @@ pub struct Report {
     pub deliveries_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
+    /// Each process's memory over time (`soak`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_over_time: Vec<MemorySeries>,
     /// Scenario-specific figures.
     pub extra: BTreeMap<String, f64>,
 
@@ -298,6 +365,30 @@ impl Report {
                 ));
             }
         }
+        for m in &self.memory_over_time {
+            let first = m.samples.iter().find_map(|s| s.rss_bytes);
+            let last = m.samples.iter().rev().find_map(|s| s.rss_bytes);
+            let drift = m.drift.as_ref().map_or_else(
+                || "drift ?".to_owned(),
+                |d| {
+                    format!(
+                        "drift {} MiB ({} MiB/min) from {:.0} s",
+                        signed_mib(d.bytes as f64),
+                        signed_mib(d.bytes_per_min),
+                        d.from_t
+                    )
+                },
+            );
+            f.push((
+                format!("memory {}", m.label()),
+                format!(
+                    "rss {} → {} MiB over {} samples, {drift}",
+                    mib(first),
+                    mib(last),
+                    m.samples.len()
+                ),
+            ));
+        }
         for (k, v) in &self.extra {
             f.push((k.clone(), format!("{v:.3}")));
         }
@@ -405,6 +496,9 @@ impl Report {
                 &[("connections", series(|p| p.connections as f64))],
             )?);
         }
+        if !self.memory_over_time.is_empty() {
+            h.push_str(&self.memory_html()?);
+        }
         let m = &self.machine;
         let _ = write!(
             h,
@@ -428,19 +522,96 @@ impl Report {
     }
 }
 
-/// One line chart as an inline SVG.
+impl Report {
+    /// The memory section of the HTML page: drift per process, RSS and connections plots.
+    fn memory_html(&self) -> Result<String> {
+        let mut h = String::from(
+            "<h2>Memory over time</h2><table><tr><th>process</th><th>samples</th>\
+             <th>first MiB</th><th>last MiB</th><th>drift from (s)</th><th>drift MiB</th>\
+             <th>drift MiB/min</th></tr>",
+        );
+        for m in &self.memory_over_time {
+            let d = m.drift.as_ref();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&m.label()),
+                m.samples.len(),
+                mib(m.samples.iter().find_map(|s| s.rss_bytes)),
+                mib(m.samples.iter().rev().find_map(|s| s.rss_bytes)),
+                d.map_or_else(|| "—".to_owned(), |d| format!("{:.0}", d.from_t)),
+                d.map_or_else(|| "—".to_owned(), |d| signed_mib(d.bytes as f64)),
+                d.map_or_else(|| "—".to_owned(), |d| signed_mib(d.bytes_per_min)),
+            );
+        }
+        h.push_str("</table>");
+        let labels: Vec<String> = self
+            .memory_over_time
+            .iter()
+            .map(MemorySeries::label)
+            .collect();
+        let rss: Vec<(&str, Vec<(f64, f64)>)> = self
+            .memory_over_time
+            .iter()
+            .zip(&labels)
+            .map(|(m, l)| {
+                let pts = m
+                    .samples
+                    .iter()
+                    .filter_map(|s| s.rss_bytes.map(|b| (s.t, b as f64 / 1048576.0)))
+                    .collect();
+                (l.as_str(), pts)
+            })
+            .collect();
+        h.push_str(&plot_range("resident memory (MiB)", "MiB", &rss, false)?);
+        let conns: Vec<(&str, Vec<(f64, f64)>)> = self
+            .memory_over_time
+            .iter()
+            .zip(&labels)
+            .filter(|(m, _)| m.samples.iter().any(|s| s.connections.is_some()))
+            .map(|(m, l)| {
+                let pts = m
+                    .samples
+                    .iter()
+                    .filter_map(|s| s.connections.map(|c| (s.t, c)))
+                    .collect();
+                (l.as_str(), pts)
+            })
+            .collect();
+        if !conns.is_empty() {
+            h.push_str(&plot("connection gauge", "connections", &conns)?);
+        }
+        Ok(h)
+    }
+}
+
+/// One line chart as an inline SVG, its y axis from 0.
 fn plot(title: &str, unit: &str, lines: &[(&str, Vec<(f64, f64)>)]) -> Result<String> {
+    plot_range(title, unit, lines, true)
+}
+
+/// One line chart as an inline SVG; without `from_zero` the y axis spans the data (so
+/// that a small drift on a large value shows).
+fn plot_range(
+    title: &str,
+    unit: &str,
+    lines: &[(&str, Vec<(f64, f64)>)],
+    from_zero: bool,
+) -> Result<String> {
     let mut svg = String::new();
     let xmax = lines
         .iter()
         .flat_map(|(_, v)| v.iter().map(|p| p.0))
         .fold(1.0f64, f64::max);
-    let ymax = lines
-        .iter()
-        .flat_map(|(_, v)| v.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.1;
+    let ys = || lines.iter().flat_map(|(_, v)| v.iter().map(|p| p.1));
+    let top = ys().fold(0.0f64, f64::max).max(1e-3);
+    let (ymin, ymax) = if from_zero {
+        (0.0, top * 1.1)
+    } else {
+        let bottom = ys().fold(f64::INFINITY, f64::min).min(top);
+        let pad = ((top - bottom) * 0.1).max(top * 0.01).max(1e-3);
+        ((bottom - pad).max(0.0), top + pad)
+    };
     {
         let root = SVGBackend::with_string(&mut svg, (900, 280)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
@@ -449,7 +620,7 @@ fn plot(title: &str, unit: &str, lines: &[(&str, Vec<(f64, f64)>)]) -> Result<St
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .build_cartesian_2d(0f64..xmax, ymin..ymax)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -495,6 +666,11 @@ fn mib(b: Option<u64>) -> String {
     )
 }
 
+/// Bytes as signed MiB: `+1.25`, `-0.50`.
+fn signed_mib(b: f64) -> String {
+    format!("{:+.2}", b / 1048576.0)
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "?".to_owned(), |v| format!("{v}"))
 }
@@ -519,4 +695,52 @@ pub fn command_line() -> String {
 /// Serializes a duration as humantime text (`10s`, `500ms`) in report configs.
 pub fn human<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, mib: Option<u64>) -> MemorySample {
+        MemorySample {
+            t,
+            rss_bytes: mib.map(|m| m << 20),
+            connections: None,
+        }
+    }
+
+    #[test]
+    fn drift_from_the_end_of_warmup() {
+        let s = [
+            sample(0.0, Some(10)),
+            sample(5.0, Some(50)),
+            sample(10.0, None),
+            sample(15.0, Some(52)),
+            sample(20.0, None),
+        ];
+        let d = Drift::of(&s, 4.0).unwrap();
+        assert_eq!((d.from_t, d.to_t), (5.0, 15.0));
+        assert_eq!(d.bytes, 2 << 20);
+        assert!((d.bytes_per_min - f64::from(12 << 20)).abs() < 1e-6);
+        // Shrinking is a negative drift.
+        let d = Drift::of(&[sample(0.0, Some(9)), sample(30.0, Some(8))], 0.0).unwrap();
+        assert_eq!(d.bytes, -(1 << 20));
+        // Fewer than two samples after the warm-up: no figure.
+        assert_eq!(Drift::of(&s, 12.0), None);
+        assert_eq!(Drift::of(&[], 0.0), None);
+    }
+
+    #[test]
+    fn memory_plot_in_html() {
+        let mut r = Report::new("soak", stats::DELIVER, &Window::default());
+        r.memory_over_time = vec![MemorySeries {
+            process: "core".into(),
+            url: "http://127.0.0.1:1".into(),
+            samples: vec![sample(0.0, Some(10)), sample(5.0, Some(11))],
+            drift: Drift::of(&[sample(0.0, Some(10)), sample(5.0, Some(11))], 0.0),
+        }];
+        let h = r.html().unwrap();
+        assert!(h.contains("Memory over time") && h.contains("resident memory"));
+        assert!(r.table().contains("memory core http://127.0.0.1:1"));
+    }
 }

@@ -69,6 +69,11 @@ impl Target {
         let hostport = rest.1.split('/').next()?;
         Some(format!("{}{hostport}/metrics", rest.0))
     }
+
+    /// core-api's `/metrics` URL: its base URL + `/metrics`.
+    pub fn core_metrics_url(&self) -> String {
+        format!("{}/metrics", self.core.trim_end_matches('/'))
+    }
 }
 
 /// A tenant created for this run.
@@ -314,7 +319,8 @@ pub fn vm_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// One edge's memory and connection gauge at a moment.
+/// One process's memory and connection gauge at a moment (an edge's; core-api's in
+/// `soak`, which has no connection gauge).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EdgeSample {
     pub url: String,
@@ -324,25 +330,36 @@ pub struct EdgeSample {
     pub connections: Option<f64>,
 }
 
+/// Reads a process's `/metrics` (`metrics_url`) into a sample: `process_resident_memory_bytes`
+/// and the edge connection gauge; fields stay `None` when unreadable. `url` names it.
+pub async fn scrape(api: &Api, url: &str, metrics_url: &str) -> EdgeSample {
+    let mut s = EdgeSample {
+        url: url.to_owned(),
+        ..EdgeSample::default()
+    };
+    if let Ok(r) = api.http().get(metrics_url).send().await {
+        if let Ok(text) = r.text().await {
+            s.connections = prometheus_value(&text, "relaydesk_edge_connections");
+            if let Some(v) = prometheus_value(&text, "process_resident_memory_bytes") {
+                s.rss_bytes = Some(v as u64);
+                s.rss_source = Some("process_resident_memory_bytes".into());
+            }
+        }
+    }
+    s
+}
+
 /// Samples every edge: `/metrics` first, `/proc` (with `--edge-pid`) for memory otherwise.
 pub async fn sample_edges(api: &Api, target: &Target) -> Vec<EdgeSample> {
     let mut out = Vec::new();
     for (i, url) in target.edges.iter().enumerate() {
-        let mut s = EdgeSample {
-            url: url.clone(),
-            ..EdgeSample::default()
+        let mut s = match target.edge_metrics_url(i) {
+            Some(m) => scrape(api, url, &m).await,
+            None => EdgeSample {
+                url: url.clone(),
+                ..EdgeSample::default()
+            },
         };
-        if let Some(m) = target.edge_metrics_url(i) {
-            if let Ok(r) = api.http().get(&m).send().await {
-                if let Ok(text) = r.text().await {
-                    s.connections = prometheus_value(&text, "relaydesk_edge_connections");
-                    if let Some(v) = prometheus_value(&text, "process_resident_memory_bytes") {
-                        s.rss_bytes = Some(v as u64);
-                        s.rss_source = Some("process_resident_memory_bytes".into());
-                    }
-                }
-            }
-        }
         if s.rss_bytes.is_none() {
             if let Some(rss) = target.edge_pids.get(i).and_then(|&p| vm_rss(p)) {
                 s.rss_bytes = Some(rss);

@@ -3,8 +3,10 @@
 //! Metrics: `p50`, `p90`, `p99`, `p999`, `max` (of the scenario's main interval: `deliver`
 //! for chat and fanout, `connect` for connect, `resume` for storm; durations take `us`,
 //! `ms`, `s`, `m`, plain numbers are ms), `loss`/`lost`, `dup`/`duplicated`,
-//! `reorder`/`reordered`, `errors`, `failed` (connections that failed), and `rate`
-//! (`rate_achieved`). Operators: `<`, `<=`, `>`, `>=`, `=`.
+//! `reorder`/`reordered`, `errors`, `failed` (connections that failed), `rate`
+//! (`rate_achieved`), and `drift` (soak: the largest resident memory growth of any
+//! process after the warm-up; sizes take `B`, `KB`, `MB`, `GB` (powers of 1000) or
+//! `KiB`, `MiB`, `GiB`, plain numbers are bytes). Operators: `<`, `<=`, `>`, `>=`, `=`.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -74,6 +76,7 @@ fn canonical(metric: &str) -> Option<&'static str> {
         "errors" => "errors",
         "failed" => "failed",
         "rate" | "rate_achieved" => "rate",
+        "drift" => "drift",
         _ => return None,
     })
 }
@@ -99,6 +102,8 @@ pub fn parse(spec: &str) -> Result<Vec<Gate>> {
         let raw = part[pos + len..].trim();
         let value = if LATENCY.contains(&metric) {
             parse_ms(raw).with_context(|| format!("gate {part:?}"))?
+        } else if metric == "drift" {
+            parse_bytes(raw).with_context(|| format!("gate {part:?}"))?
         } else {
             raw.trim_end_matches("/s")
                 .parse()
@@ -131,6 +136,26 @@ fn parse_ms(s: &str) -> Result<f64> {
     })
 }
 
+fn parse_bytes(s: &str) -> Result<f64> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size"))?;
+    Ok(n * match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1048576.0,
+        "GiB" => 1073741824.0,
+        u => bail!("unknown unit {u:?} in {s:?}"),
+    })
+}
+
 /// The value of `metric` in `report`, if it has one.
 pub fn actual(report: &Report, metric: &str) -> Option<f64> {
     let main = report.main_summary();
@@ -146,6 +171,12 @@ pub fn actual(report: &Report, metric: &str) -> Option<f64> {
         "errors" => report.errors as f64,
         "failed" => report.connect_failed as f64,
         "rate" => report.rate_achieved,
+        "drift" => report
+            .memory_over_time
+            .iter()
+            .filter_map(|m| m.drift.as_ref())
+            .map(|d| d.bytes as f64)
+            .reduce(f64::max)?,
         _ => return None,
     })
 }
@@ -184,6 +215,30 @@ mod tests {
         );
         assert_eq!(g[3].value, 1000.0);
         assert_eq!(g[4].value, 0.5);
+        let d = parse("drift<10MB,drift<=2MiB,drift<512").unwrap();
+        assert_eq!(d[0].metric, "drift");
+        assert_eq!(
+            (d[0].value, d[1].value, d[2].value),
+            (1e7, 2097152.0, 512.0)
+        );
+        assert!(parse("drift<10ms").is_err());
+        let mut r = Report::default();
+        assert_eq!(actual(&r, "drift"), None);
+        for bytes in [-5, 3_000_000] {
+            r.memory_over_time.push(crate::report::MemorySeries {
+                drift: Some(crate::report::Drift {
+                    bytes,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let v = evaluate(&r, &d);
+        assert_eq!(v[0].actual, Some(3e6));
+        assert_eq!(
+            v.iter().map(|v| v.passed).collect::<Vec<_>>(),
+            [true, false, false]
+        );
         assert!(parse("p98<1ms").is_err());
         assert!(parse("p99~1").is_err());
     }

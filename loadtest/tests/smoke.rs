@@ -1,12 +1,13 @@
 //! Every scenario at small scale against a real in-process stack (core-api and two edges
 //! on the private PostgreSQL and Redis that `cargo xtask test` starts), through the
-//! library API: nothing lost, duplicated or reordered, and a failing gate fails the run.
+//! library API: nothing lost, duplicated or reordered, and a failing gate fails the run;
+//! `soak` also samples every process's memory over time.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use loadtest::scenarios::{chat, connect, fanout, storm, Common};
+use loadtest::scenarios::{chat, connect, fanout, soak, storm, Common};
 use loadtest::{slo, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,11 @@ async fn listener() -> (TcpListener, String) {
 }
 
 async fn start(edges: usize) -> Stack {
+    start_with(edges, None).await
+}
+
+/// A stack whose edges ping every `heartbeat` (and close peers silent for two of them).
+async fn start_with(edges: usize, heartbeat: Option<Duration>) -> Stack {
     let keys = std::path::PathBuf::from(var("RELAYDESK_TEST_KEYS_DIR"));
     let signing = std::fs::read(keys.join("signing.pem")).unwrap();
     let public = std::fs::read(keys.join("public.pem")).unwrap();
@@ -47,7 +53,10 @@ async fn start(edges: usize) -> Stack {
     for _ in 0..edges {
         let (l, addr) = listener().await;
         edge_urls.push(format!("ws://{addr}/v1/ws"));
-        let config = relaydesk_edge::Config::new(redis.clone(), prefix.clone(), public.clone());
+        let mut config = relaydesk_edge::Config::new(redis.clone(), prefix.clone(), public.clone());
+        if let Some(h) = heartbeat {
+            config.heartbeat = h;
+        }
         let s = stop.clone();
         tokio::spawn(async move {
             if let Err(e) = relaydesk_edge::run(l, config, async move { s.cancelled().await }).await
@@ -219,4 +228,86 @@ async fn storm_resumes_without_gaps() {
     clean(&r);
     assert_eq!(r.resumed, 100, "{}", r.table());
     assert_eq!(r.resume.as_ref().unwrap().count, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_samples_memory_and_stays_clean() {
+    // Edges ping every 500 ms and drop peers silent for 1 s: held connections must answer.
+    let stack = start_with(2, Some(Duration::from_millis(500))).await;
+    let mut common = Common::new(stack.target.clone());
+    common.slo = slo::parse("loss=0,dup=0,reorder=0,drift<1GB").unwrap();
+    let cfg = soak::SoakConfig {
+        connections: 40,
+        conversations: 10,
+        rate: 100.0,
+        duration: Duration::from_secs(5),
+        sample_every: Duration::from_secs(1),
+        warmup: Duration::from_secs(1),
+        reconnect_every: Duration::from_millis(1500),
+        reconnect_fraction: 0.1,
+        connect_rate: 500.0,
+        resume_timeout: Duration::from_secs(20),
+        grace: Duration::from_secs(5),
+        per_agent: 5,
+    };
+    let r = soak::run(&common, &cfg).await.unwrap();
+    clean(&r);
+    assert_eq!(r.disconnected, 0, "{}", r.table());
+    assert!(r.sent >= 490, "{}", r.table());
+    assert_eq!(r.accepted, r.sent, "{}", r.table());
+    assert_eq!(r.delivered, r.accepted, "{}", r.table());
+    assert_eq!(r.extra["idle_connections"], 36.0, "{}", r.table());
+    assert_eq!(r.extra["resumers"], 4.0, "{}", r.table());
+    let rounds = r.extra["reconnect_rounds"];
+    assert!(rounds >= 2.0, "{}", r.table());
+    assert_eq!(r.resumed as f64, 4.0 * rounds, "{}", r.table());
+    assert!(r.extra["resumer_deliveries"] > 0.0, "{}", r.table());
+
+    // A series per edge and one for core-api, sampled about every second throughout.
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    for k in ["lost", "duplicated", "reordered", "deliver", "accept"] {
+        assert!(json.get(k).is_some(), "JSON report lacks {k}");
+    }
+    let series = json["memory_over_time"].as_array().unwrap();
+    let who: Vec<(&str, &str)> = series
+        .iter()
+        .map(|s| (s["process"].as_str().unwrap(), s["url"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("edge", stack.target.edges[0].as_str()),
+            ("edge", stack.target.edges[1].as_str()),
+            ("core", stack.target.core.as_str()),
+        ]
+    );
+    for s in series {
+        let samples = s["samples"].as_array().unwrap();
+        assert!(samples.len() >= 5, "{s}");
+        for p in samples {
+            assert!(p["t"].as_f64().is_some(), "{p}");
+            assert!(p["rss_bytes"].as_u64().is_some_and(|b| b > 0), "{p}");
+            if s["process"] == "edge" {
+                assert!(p["connections"].as_f64().is_some(), "{p}");
+            }
+        }
+        let d = &s["drift"];
+        for k in [
+            "from_t",
+            "to_t",
+            "from_bytes",
+            "to_bytes",
+            "bytes",
+            "bytes_per_min",
+        ] {
+            assert!(d.get(k).is_some(), "drift lacks {k}: {s}");
+        }
+        assert!(d["from_t"].as_f64().unwrap() >= r.extra["drift_from_s"]);
+    }
+    assert!(r
+        .slo
+        .iter()
+        .any(|v| v.gate.starts_with("drift") && v.passed));
+    let html = r.html().unwrap();
+    assert!(html.contains("Memory over time") && html.contains("<svg"));
 }

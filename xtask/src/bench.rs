@@ -2,9 +2,10 @@
 //!
 //! Uses the running stack when `.relaydesk/dev.env` exists and its core-api answers `/readyz`;
 //! otherwise starts one like `cargo xtask up --detach` and stops it at the end. Builds
-//! `loadtest` in release, runs connect, chat at increasing rates up to saturation, fanout and
-//! storm, writes each report to `docs/bench/` (JSON and HTML) and rewrites
-//! `docs/benchmarks.md` with the machine, the commands, a table of the figures and links.
+//! `loadtest` in release, runs connect, chat at increasing rates up to saturation, fanout,
+//! storm and a one-minute soak, writes each report to `docs/bench/` (JSON and HTML) and
+//! rewrites `docs/benchmarks.md` with the machine, the commands, a table of the figures
+//! (with each process's memory drift under the soak) and links.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -118,9 +119,10 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
     let all_pids: String = pids.iter().map(|p| format!(" --edge-pid {p}")).collect();
 
     let mut done: Vec<(Run, Option<Value>)> = Vec::new();
-    // connect: 19,000 connections on one edge, spread over two worker processes.
+    // connect: 19,000 connections on one edge, spread over two worker processes, held
+    // past two heartbeat intervals so that the memory figure includes heartbeats.
     let mut connect = args(&format!(
-        "connect {env_arg} --edge {first_edge} --connections 19000 --rate 2000 --hold 5s --per-process 10000"
+        "connect {env_arg} --edge {first_edge} --connections 19000 --rate 800 --hold 60s --per-process 10000"
     ));
     if let Some(p) = pids.first() {
         connect.extend(args(&format!("--edge-pid {p}")));
@@ -172,6 +174,20 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
             &out,
             "storm-2000",
             args(&format!("storm {env_arg} --connections 2000")),
+        )
+        .await?,
+    );
+    check_interrupted()?;
+    // soak: a short one, enough to see whether memory keeps growing under mixed load.
+    done.push(
+        one(
+            root,
+            &bin,
+            &out,
+            "soak-60s",
+            args(&format!(
+                "soak {env_arg}{all_pids} --connections 2000 --conversations 200 --rate 500 --duration 60s --sample-every 5s --warmup 15s --reconnect-every 15s --slo loss=0"
+            )),
         )
         .await?,
     );
@@ -251,7 +267,7 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
                 .unwrap_or("?")
         );
     }
-    md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat and fanout: send → delivered to the other party; storm: drop → resumed and caught up).\n\n");
+    md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat, fanout and soak: send → delivered to the other party; storm: drop → resumed and caught up). Under the soak (idle connections, chat, periodic resumes), each process's resident memory drift: its growth from the first sample after the warm-up to the last.\n\n");
     md.push_str("| run | interval | p50 | p90 | p99 | p99.9 | max | rate target | rate achieved | deliveries/s | lost | dup | reordered | trustworthy | verdict | report |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (run, r) in runs {
         let Some(r) = r else {
@@ -290,6 +306,26 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
                 "| ↳ {} edge memory | {:.1} KiB per connection | | | | | | | | | | | | | | |",
                 run.name,
                 mem / 1024.0
+            );
+        }
+        for m in r["memory_over_time"].as_array().into_iter().flatten() {
+            let d = &m["drift"];
+            let drift = match (d["bytes"].as_f64(), d["bytes_per_min"].as_f64()) {
+                (Some(b), Some(per_min)) => format!(
+                    "drift {:+.2} MiB ({:+.2} MiB/min) from {:.0} s to {:.0} s",
+                    b / 1048576.0,
+                    per_min / 1048576.0,
+                    d["from_t"].as_f64().unwrap_or(0.0),
+                    d["to_t"].as_f64().unwrap_or(0.0)
+                ),
+                _ => "no drift figure".to_owned(),
+            };
+            let _ = writeln!(
+                md,
+                "| ↳ {} {} {} memory | {drift} | | | | | | | | | | | | | | |",
+                run.name,
+                m["process"].as_str().unwrap_or("?"),
+                m["url"].as_str().unwrap_or("?"),
             );
         }
     }

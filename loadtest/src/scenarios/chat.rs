@@ -2,6 +2,9 @@
 //! when there are several), messages at a total rate alternating between both sides;
 //! measures send→`accepted` and send→delivered (the other party's `msg`), and counts
 //! lost (accepted, never delivered to the other party), duplicated and reordered.
+//!
+//! Its parts — the conversations ([`World`]), their connected parties ([`Pairs`]) and
+//! the end-of-run audit ([`Pairs::finish`]) — also carry the chat traffic of `soak`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use super::{finish_report, schedule, settle, Common, Live};
 use crate::client::{self, Peer, PeerState};
 use crate::machine::CpuClock;
 use crate::report::Report;
+use crate::setup::{Api, Tenant, Visitor};
 use crate::stats::{self, Rec};
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,121 +53,20 @@ pub async fn run(common: &Common, cfg: &ChatConfig) -> Result<Report> {
     }
     let api = common.api().await?;
     let tenant = api.tenant(&common.target.operator_token).await?;
-    let n_agents = cfg.conversations.div_ceil(cfg.per_agent.max(1));
-    let agents = api.agents(&tenant, "agent", n_agents, 1000).await?;
-    let convs = api.conversations(&tenant, cfg.conversations).await?;
-    let mut assignee = Vec::with_capacity(convs.len());
-    for (_, c, a) in &convs {
-        match a {
-            Some(a) if agents.contains(a) => assignee.push(*a),
-            _ => bail!("conversation {c} was not assigned to one of this run's online agents"),
-        }
-    }
+    let world = World::create(&api, &tenant, cfg.conversations, cfg.per_agent).await?;
 
     let rec = Rec::new();
     let cpu = CpuClock::start();
     let live = Live::start("chat", stats::DELIVER, &rec, common.progress);
     let (stop_tx, stop) = watch::channel(false);
-    // Agents on the second edge (auto-subscribed at hello to what is assigned to them),
-    // visitors on the first.
-    let mut agent_peers: HashMap<Uuid, Peer> = HashMap::new();
-    for (i, a) in agents.iter().enumerate() {
-        let token = api.connect_token(&tenant, *a).await?;
-        let (ws, w, took) =
-            client::connect(common.edge(1), None, &token, common.connect_timeout).await?;
-        rec.record(stats::CONNECT, took);
-        rec.add(stats::CONNECTED, 1);
-        rec.connections(1);
-        agent_peers.insert(
-            *a,
-            Peer::start(
-                ws,
-                w.principal,
-                format!("a{i}-"),
-                rec.clone(),
-                stop.clone(),
-                true,
-            ),
-        );
-    }
-    let mut visitor_peers = Vec::with_capacity(convs.len());
-    for (i, (v, _, _)) in convs.iter().enumerate() {
-        let (ws, w, took) =
-            client::connect(common.edge(0), None, &v.connect, common.connect_timeout).await?;
-        rec.record(stats::CONNECT, took);
-        rec.add(stats::CONNECTED, 1);
-        rec.connections(1);
-        visitor_peers.push(Peer::start(
-            ws,
-            w.principal,
-            format!("v{i}-"),
-            rec.clone(),
-            stop.clone(),
-            true,
-        ));
-    }
+    let pairs = world.connect(common, &api, &tenant, &rec, &stop).await?;
 
-    let c = convs.len() as u64;
     let send_start = std::time::Instant::now();
-    schedule(cfg.rate, cfg.duration, None, &rec, |i| {
-        let k = (i % c) as usize;
-        let conv = convs[k].1;
-        if (i / c).is_multiple_of(2) {
-            visitor_peers[k].send(conv, i);
-        } else if let Some(p) = agent_peers.get(&assignee[k]) {
-            p.send(conv, i);
-        }
-    })
-    .await;
+    schedule(cfg.rate, cfg.duration, None, &rec, |i| pairs.send(i)).await;
     let send_secs = send_start.elapsed().as_secs_f64();
-    settle(cfg.grace, || {
-        let t = rec.total();
-        let sent = t.count(stats::SENT);
-        let acc = t.count(stats::ACCEPTED);
-        acc + t.count(stats::ERRORS) >= sent && t.count(stats::DELIVERED) >= acc
-    })
-    .await;
+    settle(cfg.grace, || settled(&rec)).await;
     stop_tx.send_replace(true);
-
-    let mut agent_states: HashMap<Uuid, PeerState> = HashMap::new();
-    for (a, p) in agent_peers {
-        agent_states.insert(a, p.finish().await);
-    }
-    let mut visitor_states = Vec::with_capacity(visitor_peers.len());
-    for p in visitor_peers {
-        visitor_states.push(p.finish().await);
-    }
-    // Lost: accepted for one side, never received by the other.
-    let conv_index: HashMap<Uuid, usize> = convs
-        .iter()
-        .enumerate()
-        .map(|(i, (_, c, _))| (*c, i))
-        .collect();
-    let mut lost = 0u64;
-    let has =
-        |st: &PeerState, conv: &Uuid, seq: u64| st.seen.get(conv).is_some_and(|s| s.contains(seq));
-    for (k, v) in visitor_states.iter().enumerate() {
-        let agent = agent_states.get(&assignee[k]);
-        for (conv, seq) in &v.accepted {
-            if !agent.is_some_and(|a| has(a, conv, *seq)) {
-                lost += 1;
-            }
-        }
-    }
-    for a in agent_states.values() {
-        for (conv, seq) in &a.accepted {
-            let v = conv_index.get(conv).and_then(|&k| visitor_states.get(k));
-            if !v.is_some_and(|v| has(v, conv, *seq)) {
-                lost += 1;
-            }
-        }
-    }
-    rec.add(stats::LOST, lost);
-    let closed: Vec<String> = visitor_states
-        .iter()
-        .chain(agent_states.values())
-        .filter_map(|s| s.closed.clone())
-        .collect();
+    let outcome = pairs.finish(&rec).await;
 
     let (timeline, secs) = live.finish().await;
     let total = rec.total();
@@ -173,14 +76,202 @@ pub async fn run(common: &Common, cfg: &ChatConfig) -> Result<Report> {
     report.rate_achieved = report.accepted as f64 / send_secs.max(1e-3);
     report.deliveries_per_s = report.delivered as f64 / send_secs.max(1e-3);
     report.unanswered = report.sent.saturating_sub(report.accepted + report.errors);
-    report.disconnected = closed.len() as u64;
-    if let Some(first) = closed.first() {
+    report.disconnected = outcome.closed.len() as u64;
+    if let Some(first) = outcome.closed.first() {
         report.warnings.push(format!(
             "{} connections ended early (first: {first})",
-            closed.len()
+            outcome.closed.len()
         ));
     }
-    report.extra.insert("agents".into(), agents.len() as f64);
+    report.extra.insert("agents".into(), outcome.agents as f64);
     finish_report(&mut report, common, timeline, secs, vec![cpu.fraction()]);
     Ok(report)
+}
+
+/// Every send answered (`accepted` or `error`) and every accepted message delivered.
+pub fn settled(rec: &Rec) -> bool {
+    let t = rec.total();
+    let sent = t.count(stats::SENT);
+    let acc = t.count(stats::ACCEPTED);
+    acc + t.count(stats::ERRORS) >= sent && t.count(stats::DELIVERED) >= acc
+}
+
+/// The conversations of a run, created through the HTTP API: one visitor each, assigned
+/// to one of this run's online agents.
+pub struct World {
+    agents: Vec<Uuid>,
+    /// (visitor, conversation, assigned agent).
+    convs: Vec<(Visitor, Uuid, Uuid)>,
+}
+
+impl World {
+    /// Creates `conversations / per_agent` agents (rounded up), then the conversations.
+    /// Create other online agents only afterwards, or conversations may go to them.
+    pub async fn create(
+        api: &Api,
+        tenant: &Tenant,
+        conversations: usize,
+        per_agent: usize,
+    ) -> Result<World> {
+        if conversations == 0 {
+            bail!("--conversations must be at least 1");
+        }
+        let n_agents = conversations.div_ceil(per_agent.max(1));
+        let agents = api.agents(tenant, "agent", n_agents, 1000).await?;
+        let mut convs = Vec::with_capacity(conversations);
+        for (v, c, a) in api.conversations(tenant, conversations).await? {
+            match a {
+                Some(a) if agents.contains(&a) => convs.push((v, c, a)),
+                _ => bail!("conversation {c} was not assigned to one of this run's online agents"),
+            }
+        }
+        Ok(World { agents, convs })
+    }
+
+    pub fn conversations(&self) -> Vec<Uuid> {
+        self.convs.iter().map(|(_, c, _)| *c).collect()
+    }
+
+    /// Connects both sides: agents to the second edge (auto-subscribed at hello to what is
+    /// assigned to them), visitors to the first. They run until `stop` turns true.
+    pub async fn connect(
+        self,
+        common: &Common,
+        api: &Api,
+        tenant: &Tenant,
+        rec: &Rec,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Pairs> {
+        let mut agent_peers: HashMap<Uuid, Peer> = HashMap::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let token = api.connect_token(tenant, *a).await?;
+            let (ws, w, took) =
+                client::connect(common.edge(1), None, &token, common.connect_timeout).await?;
+            rec.record(stats::CONNECT, took);
+            rec.add(stats::CONNECTED, 1);
+            rec.connections(1);
+            agent_peers.insert(
+                *a,
+                Peer::start(
+                    ws,
+                    w.principal,
+                    format!("a{i}-"),
+                    rec.clone(),
+                    stop.clone(),
+                    true,
+                ),
+            );
+        }
+        let mut visitor_peers = Vec::with_capacity(self.convs.len());
+        for (i, (v, _, _)) in self.convs.iter().enumerate() {
+            let (ws, w, took) =
+                client::connect(common.edge(0), None, &v.connect, common.connect_timeout).await?;
+            rec.record(stats::CONNECT, took);
+            rec.add(stats::CONNECTED, 1);
+            rec.connections(1);
+            visitor_peers.push(Peer::start(
+                ws,
+                w.principal,
+                format!("v{i}-"),
+                rec.clone(),
+                stop.clone(),
+                true,
+            ));
+        }
+        Ok(Pairs {
+            convs: self.convs.iter().map(|(_, c, _)| *c).collect(),
+            assignee: self.convs.iter().map(|(_, _, a)| *a).collect(),
+            agent_peers,
+            visitor_peers,
+        })
+    }
+}
+
+/// Both parties of every conversation, connected and auditing what they receive.
+pub struct Pairs {
+    convs: Vec<Uuid>,
+    assignee: Vec<Uuid>,
+    agent_peers: HashMap<Uuid, Peer>,
+    visitor_peers: Vec<Peer>,
+}
+
+/// What the parties saw, once stopped.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub agents: usize,
+    /// Why connections ended early, one entry per connection that did.
+    pub closed: Vec<String>,
+    /// Highest accepted seq of each conversation.
+    pub heads: HashMap<Uuid, u64>,
+}
+
+impl Pairs {
+    /// Send number `i`: conversation `i mod C`, the visitor and the agent taking turns
+    /// from one pass over the conversations to the next.
+    pub fn send(&self, i: u64) {
+        let c = self.convs.len() as u64;
+        let k = (i % c) as usize;
+        let conv = self.convs[k];
+        if (i / c).is_multiple_of(2) {
+            self.visitor_peers[k].send(conv, i);
+        } else if let Some(p) = self.agent_peers.get(&self.assignee[k]) {
+            p.send(conv, i);
+        }
+    }
+
+    /// Waits for every party (after `stop` turned true), adds the lost messages (accepted
+    /// for one side, never received by the other) to `rec`, and says what they saw.
+    pub async fn finish(self, rec: &Rec) -> Outcome {
+        let mut agent_states: HashMap<Uuid, PeerState> = HashMap::new();
+        for (a, p) in self.agent_peers {
+            agent_states.insert(a, p.finish().await);
+        }
+        let mut visitor_states = Vec::with_capacity(self.visitor_peers.len());
+        for p in self.visitor_peers {
+            visitor_states.push(p.finish().await);
+        }
+        let conv_index: HashMap<Uuid, usize> = self
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, i))
+            .collect();
+        let mut lost = 0u64;
+        let has = |st: &PeerState, conv: &Uuid, seq: u64| {
+            st.seen.get(conv).is_some_and(|s| s.contains(seq))
+        };
+        for (k, v) in visitor_states.iter().enumerate() {
+            let agent = agent_states.get(&self.assignee[k]);
+            for (conv, seq) in &v.accepted {
+                if !agent.is_some_and(|a| has(a, conv, *seq)) {
+                    lost += 1;
+                }
+            }
+        }
+        for a in agent_states.values() {
+            for (conv, seq) in &a.accepted {
+                let v = conv_index.get(conv).and_then(|&k| visitor_states.get(k));
+                if !v.is_some_and(|v| has(v, conv, *seq)) {
+                    lost += 1;
+                }
+            }
+        }
+        rec.add(stats::LOST, lost);
+        let mut heads: HashMap<Uuid, u64> = HashMap::new();
+        for st in visitor_states.iter().chain(agent_states.values()) {
+            for (conv, seq) in &st.heads {
+                let h = heads.entry(*conv).or_default();
+                *h = (*h).max(*seq);
+            }
+        }
+        Outcome {
+            agents: agent_states.len(),
+            closed: visitor_states
+                .iter()
+                .chain(agent_states.values())
+                .filter_map(|s| s.closed.clone())
+                .collect(),
+            heads,
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! The scenarios, each a library function taking its config and returning a
-//! [`Report`](crate::report::Report): [`connect`], [`chat`], [`fanout`], [`storm`].
+//! [`Report`](crate::report::Report): [`connect`], [`chat`], [`fanout`], [`storm`],
+//! [`soak`].
 //! Shared here: the settings every scenario takes ([`Common`]), the open-loop send
 //! schedule (which measures its own lag), and the live sampler (timeline + progress line).
 
 pub mod chat;
 pub mod connect;
 pub mod fanout;
+pub mod soak;
 pub mod storm;
 
 use std::time::Duration;
