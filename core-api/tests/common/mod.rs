@@ -49,6 +49,8 @@ pub struct Stack {
     pub edge_urls: Vec<String>,
     pub http: reqwest::Client,
     stop: CancellationToken,
+    /// One per edge (children of the stack's token): cancelling one drains that edge.
+    pub edge_stops: Vec<CancellationToken>,
 }
 
 impl Drop for Stack {
@@ -91,12 +93,27 @@ impl Stack {
         with_core: bool,
         tune: impl Fn(&mut relaydesk_edge::Config),
     ) -> Stack {
+        Self::start_on(None, edges, with_core, tune).await
+    }
+
+    /// Like [`Stack::start_custom`], against `redis_url` (core-api and edges alike)
+    /// instead of the suite's Redis when it is given.
+    pub async fn start_on(
+        redis_url: Option<String>,
+        edges: usize,
+        with_core: bool,
+        tune: impl Fn(&mut relaydesk_edge::Config),
+    ) -> Stack {
         init_logs();
-        let env = test_env();
+        let mut env = test_env();
+        if let Some(url) = redis_url {
+            env.redis_url = url;
+        }
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..10]);
         let operator = format!("op-{}", Uuid::new_v4().simple());
         let stop = CancellationToken::new();
         let mut edge_urls = Vec::new();
+        let mut edge_stops = Vec::new();
         for _ in 0..edges {
             let (l, addr) = listener().await;
             edge_urls.push(format!("ws://{addr}/v1/ws"));
@@ -108,7 +125,8 @@ impl Stack {
             config.conn_msgs_per_sec = 1_000_000;
             config.tenant_msgs_per_sec = 1_000_000;
             tune(&mut config);
-            let s = stop.clone();
+            let s = stop.child_token();
+            edge_stops.push(s.clone());
             tokio::spawn(async move {
                 if let Err(e) =
                     relaydesk_edge::run(l, config, async move { s.cancelled().await }).await
@@ -143,6 +161,7 @@ impl Stack {
                 .build()
                 .expect("http client"),
             stop,
+            edge_stops,
         };
         for url in stack.edge_urls.clone() {
             stack
@@ -439,5 +458,87 @@ impl Ws {
             got.push(f);
         }
         (head, got)
+    }
+}
+
+impl Stack {
+    /// `host:port` of edge `i`.
+    pub fn edge_addr(&self, i: usize) -> String {
+        self.edge_urls[i]
+            .trim_start_matches("ws://")
+            .trim_end_matches("/v1/ws")
+            .to_owned()
+    }
+
+    /// Starts draining edge `i` (its shutdown future resolves); the others keep running.
+    pub fn stop_edge(&self, i: usize) {
+        self.edge_stops[i].cancel();
+    }
+
+    /// The sum of every series of the metric `name` on edge `i`'s `/metrics` (0 when
+    /// absent). The recorder is process-wide: compare with a value read earlier.
+    pub async fn edge_metric(&self, i: usize, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.edge_addr(i));
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body");
+        metric_sum(&text, name)
+    }
+}
+
+/// The sum of every series of `name` in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A TCP connection to `addr`, from `source` (any address of 127/8) if given, with the
+/// receive buffer set to `recv_buffer` bytes (before connecting) if given.
+pub async fn tcp_connect(
+    addr: &str,
+    source: Option<std::net::IpAddr>,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(n) = recv_buffer {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+impl Ws {
+    /// The WebSocket handshake for `url` over an already connected `tcp`.
+    pub async fn over(
+        url: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let (stream, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await?;
+        Ok(Ws { stream })
+    }
+
+    /// Authenticates an open connection; returns the `welcome` frame.
+    pub async fn hello(&mut self, token: &str) -> Value {
+        self.send(json!({"t": "hello", "token": token})).await;
+        let welcome = self.next_frame().await;
+        assert_eq!(welcome["t"], "welcome", "{welcome}");
+        welcome
     }
 }
