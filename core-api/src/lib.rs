@@ -39,11 +39,24 @@ pub struct AppState {
     pub api_tokens: TokenVerifier,
 }
 
-/// Connects a Redis client (fred) and waits until it is connected.
+/// Longest a Redis command may take before it counts as failed.
+const REDIS_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects a Redis client (fred) and waits until it is connected. The client reconnects
+/// by itself (exponential backoff up to 2 s, forever) and bounds every command, so a
+/// Redis restart stalls the consumer only until Redis answers again.
 pub async fn redis_client(url: &str) -> Result<Client, Error> {
     let config = fred::types::config::Config::from_url(url)?;
     let client = Builder::from_config(config)
-        .with_connection_config(|c| c.connection_timeout = std::time::Duration::from_secs(5))
+        .with_performance_config(|p| p.default_command_timeout = REDIS_COMMAND_TIMEOUT)
+        .with_connection_config(|c| {
+            c.connection_timeout = std::time::Duration::from_secs(5);
+            c.internal_command_timeout = REDIS_COMMAND_TIMEOUT;
+            c.max_command_attempts = 2;
+        })
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 100, 2000, 2,
+        ))
         .build()?;
     client.init().await?;
     Ok(client)

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use fred::prelude::{Client, KeysInterface, StreamsInterface, Value};
 use fred::types::streams::XCap;
 use relaydesk_shared::bus::{Egress, Ingress, EGRESS_EXPIRE_SECS, FIELD_FRAME, FIELD_HEADER};
-use relaydesk_shared::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
@@ -54,16 +53,7 @@ pub(crate) async fn run_egress(ctx: Arc<Ctx>, reader: Client, shutdown: Cancella
             }
             Err(e) => {
                 tracing::warn!(error = %e, "egress read failed");
-                if ctx.redis_failed() {
-                    let outs = ctx.all_outbounds();
-                    tracing::warn!(
-                        connections = outs.len(),
-                        "Redis unreachable: closing connections"
-                    );
-                    for (_, out) in outs {
-                        out.close(CloseCode::Unavailable.code());
-                    }
-                }
+                ctx.redis_failed();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {},
                     _ = shutdown.cancelled() => break,

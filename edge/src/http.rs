@@ -12,6 +12,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::Ctx;
 
@@ -105,9 +107,25 @@ fn upgrade(
     };
     let tracker = ctx.tracker.clone();
     tracker.spawn(async move {
-        match fut.await {
-            Ok(ws) => crate::session::run_session(ctx, ws, origin, permit).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        let ws = match fut.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // The session reads and writes the socket itself (see `crate::reader`): take the
+        // TCP stream back, with whatever hyper read past the request.
+        match ws
+            .into_inner()
+            .into_inner()
+            .downcast::<TokioIo<TcpStream>>()
+        {
+            Ok(parts) => {
+                let io = parts.io.into_inner();
+                crate::session::spawn_session(ctx, io, parts.read_buf, origin, permit)
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     });
     response.map(|_| Full::new(Bytes::new()))

@@ -10,7 +10,7 @@
 //! and decides when this edge's registry entries appear and disappear (first local
 //! subscriber / connection, last one gone).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -274,11 +274,41 @@ struct Probe {
     conv: Option<Uuid>,
 }
 
+/// Connections by a (tenant, id) key, as one ordered set: no allocation per key, which
+/// matters when most keys (principals) have a single connection.
+#[derive(Debug, Default)]
+struct Index(BTreeSet<(Uuid, Uuid, u64)>);
+
+impl Index {
+    /// Adds `conn` under `key`; true when it is the key's first connection.
+    fn insert(&mut self, key: (Uuid, Uuid), conn: u64) -> bool {
+        let first = !self.has(key);
+        self.0.insert((key.0, key.1, conn));
+        first
+    }
+
+    /// Removes `conn` from `key`; true when it was there and was the key's last.
+    fn remove(&mut self, key: (Uuid, Uuid), conn: u64) -> bool {
+        self.0.remove(&(key.0, key.1, conn)) && !self.has(key)
+    }
+
+    fn has(&self, key: (Uuid, Uuid)) -> bool {
+        self.conns(key).next().is_some()
+    }
+
+    /// The connections under `key`, in id order.
+    fn conns(&self, key: (Uuid, Uuid)) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .range((key.0, key.1, 0)..=(key.0, key.1, u64::MAX))
+            .map(|k| k.2)
+    }
+}
+
 /// Every local connection and subscription of this edge.
 pub struct Hub {
     conns: HashMap<u64, Conn>,
-    by_conv: HashMap<(Uuid, Uuid), HashSet<u64>>,
-    by_principal: HashMap<(Uuid, Uuid), HashSet<u64>>,
+    by_conv: Index,
+    by_principal: Index,
     reg: Registrar,
     /// Byte bound of frames held for a connection before its `welcome`.
     early_limit: usize,
@@ -288,8 +318,8 @@ impl Hub {
     pub fn new(reg: Registrar, early_limit: usize) -> Self {
         Hub {
             conns: HashMap::new(),
-            by_conv: HashMap::new(),
-            by_principal: HashMap::new(),
+            by_conv: Index::default(),
+            by_principal: Index::default(),
             reg,
             early_limit,
         }
@@ -326,7 +356,7 @@ impl Hub {
                 subs: HashMap::new(),
             },
         );
-        self.by_principal.entry(key).or_default().insert(conn);
+        self.by_principal.insert(key, conn);
         let ack = self.reg.set_acked(RegKey::Principal {
             tenant: key.0,
             principal: key.1,
@@ -344,34 +374,23 @@ impl Hub {
             self.unindex_conv(tenant, *conv, conn);
         }
         let key = (tenant, c.src.principal);
-        if let Some(set) = self.by_principal.get_mut(&key) {
-            set.remove(&conn);
-            if set.is_empty() {
-                self.by_principal.remove(&key);
-                self.reg.del(RegKey::Principal {
-                    tenant,
-                    principal: key.1,
-                });
-            }
+        if self.by_principal.remove(key, conn) {
+            self.reg.del(RegKey::Principal {
+                tenant,
+                principal: key.1,
+            });
         }
     }
 
     fn index_conv(&mut self, tenant: Uuid, conv: Uuid, conn: u64) {
-        let set = self.by_conv.entry((tenant, conv)).or_default();
-        let first = set.is_empty();
-        set.insert(conn);
-        if first {
+        if self.by_conv.insert((tenant, conv), conn) {
             self.reg.set(RegKey::Conv { tenant, conv });
         }
     }
 
     fn unindex_conv(&mut self, tenant: Uuid, conv: Uuid, conn: u64) {
-        if let Some(set) = self.by_conv.get_mut(&(tenant, conv)) {
-            set.remove(&conn);
-            if set.is_empty() {
-                self.by_conv.remove(&(tenant, conv));
-                self.reg.del(RegKey::Conv { tenant, conv });
-            }
+        if self.by_conv.remove((tenant, conv), conn) {
+            self.reg.del(RegKey::Conv { tenant, conv });
         }
     }
 
@@ -444,7 +463,7 @@ impl Hub {
                 SubOrder::replaying(after, visitor, true, now)
             });
         if created {
-            self.by_conv.entry((tenant, conv)).or_default().insert(conn);
+            self.by_conv.insert((tenant, conv), conn);
         }
         // Always an acknowledged write, even if already registered: the `sub` must not
         // reach core-api before this edge is in the registry.
@@ -474,13 +493,10 @@ impl Hub {
         now: Instant,
     ) -> Vec<Ingress> {
         let mut repairs = Vec::new();
-        let Some(set) = self.by_conv.get(&(tenant, conv)) else {
-            return repairs;
-        };
         let limit = self.early_limit;
         let mut out = Vec::new();
-        for id in set {
-            let Some(c) = self.conns.get_mut(id) else {
+        for id in self.by_conv.conns((tenant, conv)) {
+            let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
             if c.src.tenant != tenant {
@@ -559,10 +575,7 @@ impl Hub {
         head: u64,
         frame: Option<&Bytes>,
     ) {
-        let Some(set) = self.by_principal.get(&(tenant, principal)) else {
-            return;
-        };
-        let ids: Vec<u64> = set.iter().copied().collect();
+        let ids: Vec<u64> = self.by_principal.conns((tenant, principal)).collect();
         let limit = self.early_limit;
         for id in ids {
             let Some(c) = self.conns.get_mut(&id) else {
@@ -596,12 +609,9 @@ impl Hub {
         agents_only: bool,
         frame: &Bytes,
     ) {
-        let Some(set) = self.by_conv.get(&(tenant, conv)) else {
-            return;
-        };
         let limit = self.early_limit;
-        for id in set {
-            let Some(c) = self.conns.get_mut(id) else {
+        for id in self.by_conv.conns((tenant, conv)) {
+            let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
             if c.src.tenant != tenant

@@ -4,8 +4,11 @@
 //!
 //! Sessions never wait on these round trips: they queue an [`Append`] and move on. One
 //! task drains the queue and issues everything queued as one pipeline, then the next
-//! batch while that one was filling (adaptive batching). A failed append closes its
-//! connection with 4011. Ingress appends never carry MAXLEN: core-api trims.
+//! batch while that one was filling (adaptive batching). A failed append is answered
+//! ([`OnFail`]): a client frame with an `unavailable` error and `retry_after_ms` (the
+//! socket stays open), a `hello` by closing with 4011; and it marks Redis as failing so
+//! that sessions refuse further sends at once until it answers again. Ingress appends
+//! never carry MAXLEN: core-api trims.
 
 use std::time::Instant;
 
@@ -15,12 +18,55 @@ use fred::types::streams::XCap;
 use relaydesk_shared::bus::{
     shard_of, Egress, Ingress, Keys, FIELD_DATA, FIELD_FRAME, FIELD_HEADER,
 };
-use relaydesk_shared::CloseCode;
+use relaydesk_shared::wire::ServerFrame;
+use relaydesk_shared::{CloseCode, ErrorCode};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::writer::Outbound;
+use crate::Ctx;
+
+/// What a client should wait before retrying a frame refused while Redis is failing.
+pub const RETRY_AFTER_MS: u64 = 1000;
+
+/// How to answer the client whose entry could not be appended.
+pub enum OnFail {
+    /// Close the connection with 4011 (its `hello` cannot be answered).
+    Close(Outbound),
+    /// Answer with an `unavailable` error naming the frame; the connection stays open.
+    Refuse {
+        out: Outbound,
+        id: Option<String>,
+        conv: Option<Uuid>,
+    },
+}
+
+impl OnFail {
+    fn fail(self) {
+        match self {
+            OnFail::Close(out) => out.close(CloseCode::Unavailable.code()),
+            OnFail::Refuse { out, id, conv } => {
+                out.send(unavailable(id, conv));
+            }
+        }
+    }
+}
+
+/// The `error` frame refusing a client frame while Redis is failing.
+pub fn unavailable(id: Option<String>, conv: Option<Uuid>) -> Bytes {
+    Bytes::from(
+        ServerFrame::Error {
+            id,
+            conv,
+            code: ErrorCode::Unavailable,
+            message: "the message bus is unavailable; retry later".to_owned(),
+            retry_after_ms: Some(RETRY_AFTER_MS),
+        }
+        .to_json(),
+    )
+}
 
 /// Most appends per pipeline.
 const BATCH: usize = 512;
@@ -32,8 +78,8 @@ pub struct Append {
     key: String,
     fields: Vec<(&'static str, Value)>,
     maxlen: Option<i64>,
-    /// Closed with 4011 if the append fails.
-    on_fail: Option<Outbound>,
+    /// Answered if the append fails.
+    on_fail: Option<OnFail>,
     /// Whether this is a client ingress entry (timed by the latency histogram).
     timed: bool,
     queued_at: Instant,
@@ -63,12 +109,12 @@ impl IngressTx {
     }
 
     /// Queues `entry` on the ingress shard of `shard_id` (the conversation, or the
-    /// principal for `hello`). `on_fail` is closed with 4011 if Redis refuses it.
+    /// principal for `hello`). `on_fail` is answered if Redis refuses it.
     pub fn ingress(
         &self,
         entry: &Ingress,
         shard_id: Uuid,
-        on_fail: Option<Outbound>,
+        on_fail: Option<OnFail>,
     ) -> Result<(), Full> {
         let data = serde_json::to_string(entry).map_err(|_| Full)?;
         let append = Append {
@@ -102,7 +148,8 @@ impl IngressTx {
 
 /// Drains the append queue in pipelined batches until `shutdown`, then flushes what is
 /// still queued.
-pub async fn run_ingress(
+pub(crate) async fn run_ingress(
+    ctx: Arc<Ctx>,
     client: Client,
     mut rx: mpsc::Receiver<Append>,
     shutdown: CancellationToken,
@@ -121,7 +168,7 @@ pub async fn run_ingress(
                 Err(_) => break,
             }
         }
-        flush(&client, batch).await;
+        flush(&ctx, &client, batch).await;
     }
     loop {
         let mut batch = Vec::new();
@@ -134,11 +181,11 @@ pub async fn run_ingress(
         if batch.is_empty() {
             break;
         }
-        flush(&client, batch).await;
+        flush(&ctx, &client, batch).await;
     }
 }
 
-async fn flush(client: &Client, batch: Vec<Append>) {
+async fn flush(ctx: &Ctx, client: &Client, batch: Vec<Append>) {
     let pipe = client.pipeline();
     let mut meta = Vec::with_capacity(batch.len());
     for a in batch {
@@ -168,12 +215,15 @@ async fn flush(client: &Client, batch: Vec<Append>) {
         }
         if !ok {
             failures += 1;
-            if let Some(out) = on_fail {
-                out.close(CloseCode::Unavailable.code());
+            if let Some(on_fail) = on_fail {
+                on_fail.fail();
             }
         }
     }
-    if failures > 0 {
+    if failures == 0 {
+        ctx.redis_ok();
+    } else {
+        ctx.redis_failed();
         metrics::counter!("relaydesk_edge_ingress_failures_total").increment(failures as u64);
         tracing::warn!(failures, "ingress append failed");
     }

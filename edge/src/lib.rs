@@ -2,10 +2,11 @@
 //!
 //! Message path (one module each): [`accept`] (TCP accept loop, HTTP/1 connections,
 //! connection cap) → [`http`] (routes, WebSocket upgrade) → [`session`] (one task per
-//! WebSocket: `hello`, client frames) → [`ingress`] (pipelined XADDs to the ingress
-//! shards) … core-api … [`egress`] (XREAD of this edge's stream, dispatch) → [`hub`]
-//! (local subscriptions, per-connection ordering) → [`writer`] (bounded outbound queue,
-//! socket writes, heartbeats). [`registry`] keeps this edge's registry entries fresh.
+//! WebSocket: `hello`, client frames) reading through [`reader`] (frames, pooled
+//! buffers) → [`ingress`] (pipelined XADDs to the ingress shards) … core-api …
+//! [`egress`] (XREAD of this edge's stream, dispatch) → [`hub`] (local subscriptions,
+//! per-connection ordering) → [`writer`] (bounded outbound queue, coalesced socket
+//! writes, edge-wide heartbeats). [`registry`] keeps this edge's registry entries fresh.
 //!
 //! [`run`] wires them together and drains on shutdown: `/readyz` fails, no new
 //! connections are accepted, and every WebSocket is closed with 1012, spread over the
@@ -19,6 +20,7 @@ pub mod http;
 pub mod hub;
 pub mod ingress;
 pub mod limits;
+pub mod reader;
 pub mod registry;
 pub mod session;
 pub mod writer;
@@ -55,8 +57,6 @@ const INGRESS_QUEUE: usize = 65_536;
 const TYPING_FANOUTS: usize = 256;
 /// Longest a Redis command may take before it counts as failed.
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long Redis must keep failing before connections are closed with 4011.
-const REDIS_OUTAGE: Duration = Duration::from_secs(10);
 /// Extra time, after the drain window, for connections to finish their close handshake.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
@@ -70,17 +70,17 @@ pub(crate) struct Ctx {
     pub limits: Arc<limits::Limits>,
     hub: Mutex<Hub>,
     pub ingress: IngressTx,
-    /// Every WebSocket session, authenticated or not, for drain and Redis outages.
+    /// Every WebSocket session, authenticated or not, for drain and heartbeats.
     sessions: Mutex<HashMap<u64, Outbound>>,
     draining: AtomicBool,
     next_conn: AtomicU64,
-    /// Sessions and their writers.
+    /// Connection and session tasks.
     pub tracker: TaskTracker,
     pub typing_permits: Arc<Semaphore>,
     /// The serialized `pong` frame.
     pub pong: Bytes,
-    /// Since when Redis has been failing (egress reads), if it is.
-    redis_down: Mutex<Option<(Instant, bool)>>,
+    /// Since when Redis has been failing (egress reads, ingress appends), if it is.
+    redis_down: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +114,13 @@ impl Ctx {
         }
     }
 
+    /// Calls `f` on every session (under the sessions lock: keep it short).
+    pub fn each_session(&self, mut f: impl FnMut(u64, &Outbound)) {
+        for (conn, out) in lock(&self.sessions).iter() {
+            f(*conn, out);
+        }
+    }
+
     pub fn all_outbounds(&self) -> Vec<(u64, Outbound)> {
         let mut v: Vec<(u64, Outbound)> = lock(&self.sessions)
             .iter()
@@ -123,22 +130,24 @@ impl Ctx {
         v
     }
 
-    /// Records a successful Redis round trip.
+    /// Records a successful Redis round trip, ending an outage if there was one.
     pub fn redis_ok(&self) {
-        *lock(&self.redis_down) = None;
+        if let Some(since) = lock(&self.redis_down).take() {
+            tracing::info!(
+                down_ms = since.elapsed().as_millis() as u64,
+                "Redis reachable again: sends accepted"
+            );
+        }
     }
 
-    /// Records a failed Redis round trip; true exactly once per outage, when it has
-    /// lasted [`REDIS_OUTAGE`] (or `core_timeout`, if longer): then every connection is
-    /// closed with 4011.
-    pub fn redis_failed(&self) -> bool {
+    /// Records a failed Redis round trip. While Redis is failing, sessions keep their
+    /// sockets and refuse `send`s with `unavailable` and `retry_after_ms`.
+    pub fn redis_failed(&self) {
         let mut down = lock(&self.redis_down);
-        let (since, reported) = down.get_or_insert((Instant::now(), false));
-        if !*reported && since.elapsed() >= self.config.core_timeout.max(REDIS_OUTAGE) {
-            *reported = true;
-            return true;
+        if down.is_none() {
+            *down = Some(Instant::now());
+            tracing::warn!("Redis unreachable: refusing sends until it answers");
         }
-        false
     }
 
     pub fn redis_healthy(&self) -> bool {
@@ -215,6 +224,7 @@ pub async fn run(
         registry_stop.clone(),
     ));
     let ingress_task = tokio::spawn(ingress::run_ingress(
+        ctx.clone(),
         redis.clone(),
         ingress_rx,
         background.clone(),
@@ -225,6 +235,7 @@ pub async fn run(
         background.clone(),
     ));
     let sweeper_task = tokio::spawn(egress::run_sweeper(ctx.clone(), background.clone()));
+    let heartbeat_task = tokio::spawn(writer::run_heartbeats(ctx.clone(), background.clone()));
     let upkeep_task = tokio::spawn({
         let stop = background.clone();
         let upkeep_ctx = ctx.clone();
@@ -249,7 +260,13 @@ pub async fn run(
     drain(&ctx).await;
 
     background.cancel();
-    let _ = tokio::join!(ingress_task, egress_task, sweeper_task, upkeep_task);
+    let _ = tokio::join!(
+        ingress_task,
+        egress_task,
+        sweeper_task,
+        heartbeat_task,
+        upkeep_task
+    );
     registry_stop.cancel();
     let _ = registry_task.await;
     let _ = reader.quit().await;

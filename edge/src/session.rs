@@ -1,185 +1,224 @@
-//! One task per WebSocket connection: the read side (whole-message assembly with the
-//! size bound, `hello` and authentication, then client frames), the bus side effects of
-//! each frame, and the connection's lifecycle (open/close logs, metrics, cleanup).
+//! One task per WebSocket connection: it reads client messages ([`crate::reader`]),
+//! writes whatever the connection's [`Outbound`] queue holds ([`crate::writer`]), handles
+//! `hello` and authentication, then client frames and their bus side effects, and runs
+//! the connection's lifecycle (open/close logs, metrics, cleanup).
 //!
-//! Everything sent to the client goes through the connection's [`Outbound`] queue,
-//! drained by its writer task ([`crate::writer`]).
+//! An idle connection is this task parked on its socket's readiness and its queue's
+//! notification: no read buffer, no write buffer, no timer (heartbeats are edge-wide).
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead};
 use fred::prelude::HashesInterface;
 use relaydesk_shared::bus::{Egress, Ingress, Source};
 use relaydesk_shared::wire::{self, Actor, ClientFrame, ServerFrame};
 use relaydesk_shared::{CloseCode, ErrorCode};
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::writer::{run_writer, Liveness, Outbound};
+use crate::ingress::{self, OnFail};
+use crate::reader::{End, Reader};
+use crate::writer::{Flushed, Outbound, Writer};
 use crate::Ctx;
 
 /// Consecutive unparseable frames after which the connection is closed with 4500.
 const MAX_BAD_FRAMES: u32 = 10;
 /// Consecutive rate-limited `send`s after which the connection is closed with 4029.
 const MAX_LIMITED: u32 = 20;
-/// Socket write buffer: frames queued together leave in one write.
-const WRITE_BUFFER: usize = 4 * 1024;
+/// How long the last writes (up to our close frame) may take once the session ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// WebSocket close code for a protocol error at the framing level.
-const WS_PROTOCOL_ERROR: u16 = 1002;
 
-/// Why reading stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// Close the connection with this code.
-    Close(u16),
-    /// A close was already requested elsewhere (drain, slow consumer, Redis down, heartbeat).
-    Closing,
-    /// The peer sent a close frame (echoed by auto-close).
-    PeerClosed,
-    /// The socket is gone.
-    Gone,
-}
-
-/// Reads whole messages: continuation frames are collected up to `max` bytes in total.
-struct Reader<S> {
-    ws: WebSocketRead<S>,
-    partial: Option<Vec<u8>>,
-    max: usize,
+/// The socket of one connection with its read and write state. Only the session task
+/// touches it.
+struct Link {
+    io: TcpStream,
+    reader: Reader,
+    writer: Writer,
     out: Outbound,
-    live: Arc<Liveness>,
+    /// The socket was full: wait until it is writable before flushing again.
+    blocked: bool,
+    /// The last flush stopped with more to write.
+    more: bool,
+    /// Our close frame is written.
+    closed: bool,
 }
 
-impl<S: AsyncRead + Unpin> Reader<S> {
-    /// The next complete text message (valid UTF-8, at most `max` bytes).
-    async fn next(&mut self) -> Result<Vec<u8>, End> {
+impl Link {
+    fn new(io: TcpStream, early: Bytes, max: usize, out: Outbound) -> Self {
+        Link {
+            io,
+            reader: Reader::new(max, early),
+            writer: Writer::default(),
+            out,
+            blocked: false,
+            more: false,
+            closed: false,
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it.
+    fn flush(&mut self) -> Result<(), End> {
+        if self.blocked || self.closed {
+            return Ok(());
+        }
+        match self.writer.flush(&self.io, &self.out) {
+            Ok(Flushed::Idle) => {}
+            Ok(Flushed::More) => self.more = true,
+            Ok(Flushed::Blocked) => self.blocked = true,
+            Ok(Flushed::Closed) => self.closed = true,
+            Err(_) => return Err(End::Gone),
+        }
+        Ok(())
+    }
+
+    /// Waits until there is something to do: frames queued (or a close requested), the
+    /// full socket writable again, or (when `read`) input. Polls readiness directly, so
+    /// a parked connection's future holds no waiter state.
+    fn wait(&mut self, read: bool) -> impl Future<Output = Result<(), End>> + '_ {
+        let mut yield_first = std::mem::take(&mut self.more);
+        std::future::poll_fn(move |cx| {
+            if yield_first {
+                // More to write: let other connections run first.
+                yield_first = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if self.out.poll_woken(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.blocked {
+                match self.io.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.blocked = false;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                    Poll::Pending => {}
+                }
+            }
+            if read {
+                match self.io.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    /// The next client message, writing queued frames meanwhile. Ends as soon as a close
+    /// was requested.
+    async fn next_message(&mut self) -> Result<Vec<u8>, End> {
         loop {
-            let out = &self.out;
-            // fastwebsockets' auto-pong / auto-close answers go through the outbound queue.
-            let mut obligated = |f: Frame<'_>| {
-                match f.opcode {
-                    OpCode::Pong => out.pong(f.payload.to_vec()),
-                    OpCode::Close => out.close_echo(f.payload.to_vec()),
-                    _ => {}
-                }
-                std::future::ready(Ok::<(), Infallible>(()))
-            };
-            let frame = self
-                .ws
-                .read_frame(&mut obligated)
-                .await
-                .map_err(read_error)?;
-            self.live.touch();
-            match frame.opcode {
-                OpCode::Text => {
-                    if self.partial.is_some() {
-                        return Err(End::Close(WS_PROTOCOL_ERROR));
-                    }
-                    let data = Vec::from(frame.payload);
-                    if data.len() > self.max {
-                        return Err(End::Close(CloseCode::TooLarge.code()));
-                    }
-                    if frame.fin {
-                        // fastwebsockets validated the UTF-8 of an unfragmented text frame.
-                        return Ok(data);
-                    }
-                    self.partial = Some(data);
-                }
-                OpCode::Binary => return Err(End::Close(CloseCode::Unsupported.code())),
-                OpCode::Continuation => {
-                    let Some(buf) = self.partial.as_mut() else {
-                        return Err(End::Close(WS_PROTOCOL_ERROR));
-                    };
-                    if buf.len().saturating_add(frame.payload.len()) > self.max {
-                        return Err(End::Close(CloseCode::TooLarge.code()));
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if frame.fin {
-                        let data = self.partial.take().unwrap_or_default();
-                        if std::str::from_utf8(&data).is_err() {
-                            return Err(End::Close(CloseCode::InvalidUtf8.code()));
-                        }
-                        return Ok(data);
-                    }
-                }
-                OpCode::Close => return Err(End::PeerClosed),
-                OpCode::Ping | OpCode::Pong => {}
+            if self.out.is_closing() {
+                return Err(End::Closing);
+            }
+            self.flush()?;
+            if let Some(msg) = self.reader.next(&self.io, &self.out)? {
+                return Ok(msg);
+            }
+            self.wait(true).await?;
+        }
+    }
+
+    /// Runs `fut` (not reading meanwhile, so client frames keep their order), writing
+    /// queued frames; ends early when a close was requested.
+    async fn during<F: Future>(&mut self, fut: F) -> Result<F::Output, End> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if self.out.is_closing() {
+                return Err(End::Closing);
+            }
+            self.flush()?;
+            tokio::select! {
+                biased;
+                r = &mut fut => return Ok(r),
+                w = self.wait(false) => w?,
             }
         }
     }
-}
 
-fn read_error(e: WebSocketError) -> End {
-    match e {
-        WebSocketError::FrameTooLarge => End::Close(CloseCode::TooLarge.code()),
-        WebSocketError::InvalidUTF8 => End::Close(CloseCode::InvalidUtf8.code()),
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed
-        | WebSocketError::SendError(_)
-        | WebSocketError::HTTPError(_) => End::Gone,
-        _ => End::Close(WS_PROTOCOL_ERROR),
+    /// After the session: writes what is left up to our close frame, then (unless the
+    /// peer closed first) waits briefly for the peer's close.
+    async fn finish(&mut self, peer_closed: bool) {
+        let written = tokio::time::timeout(CLOSE_GRACE, async {
+            while !self.closed {
+                if self.flush().is_err() {
+                    return false;
+                }
+                if !self.closed && self.wait(false).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if peer_closed || !matches!(written, Ok(true)) {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            loop {
+                match self.reader.next(&self.io, &self.out) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        if self.io.readable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
     }
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn run_session<S>(
+/// Starts the task serving one upgraded WebSocket until it closes. `early` holds bytes
+/// the HTTP layer read past the upgrade request.
+pub(crate) fn spawn_session(
     ctx: Arc<Ctx>,
-    mut ws: WebSocket<S>,
+    io: TcpStream,
+    early: Bytes,
     origin: Option<String>,
     permit: Arc<crate::accept::Admission>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let conn = ctx.next_conn_id();
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
-    // fastwebsockets refuses frames of `max_message_size` bytes or more.
-    ws.set_max_message_size(ctx.config.max_message_bytes.saturating_add(1));
-    let (rx, tx) = ws.split(|s| {
-        let (r, w) = tokio::io::split(s);
-        (r, BufWriter::with_capacity(WRITE_BUFFER, w))
-    });
     let out = Outbound::new(ctx.config.outbound_queue_bytes);
-    let live = Arc::new(Liveness::new());
-    ctx.tracker.spawn(run_writer(
-        tx,
-        out.clone(),
-        ctx.config.heartbeat,
-        live.clone(),
-    ));
     ctx.session_opened(conn, out.clone());
-
-    let mut reader = Reader {
-        ws: rx,
-        partial: None,
-        max: ctx.config.max_message_bytes,
-        out: out.clone(),
-        live,
-    };
-    let mut session = Session {
+    let link = Link::new(io, early, ctx.config.max_message_bytes, out.clone());
+    let session = Session {
         ctx: ctx.clone(),
         conn,
-        out: out.clone(),
+        out,
         src: None,
+        origin,
         bad: 0,
         sends: ctx.limits.connection_bucket(),
         limited: 0,
+        _permit: permit,
     };
-    let end = session.run(&mut reader, origin.as_deref()).await;
+    // Built before the task, so that the task's future holds each piece once.
+    ctx.tracker.spawn(run_session(link, session));
+}
+
+async fn run_session(mut link: Link, mut session: Session) {
+    let end = session.run(&mut link).await;
+    let (ctx, conn, out) = (session.ctx.clone(), session.conn, session.out.clone());
     match end {
         End::Close(code) => out.close(code),
         End::Closing | End::PeerClosed => {}
         End::Gone => out.finish(1006),
     }
-    if matches!(end, End::Close(_) | End::Closing) {
-        // Our close frame is on its way: give the peer a moment to answer it.
-        let _ =
-            tokio::time::timeout(CLOSE_WAIT, async { while reader.next().await.is_ok() {} }).await;
+    if end != End::Gone {
+        // Boxed: only closing connections need room for it.
+        Box::pin(link.finish(end == End::PeerClosed)).await;
     }
     if let Some(src) = &session.src {
         ctx.hub().remove(conn);
@@ -196,7 +235,19 @@ pub(crate) async fn run_session<S>(
     let code = out.close_code().unwrap_or(1006);
     metrics::counter!("relaydesk_edge_closes_total", "code" => code.to_string()).increment(1);
     ctx.session_closed(conn);
-    drop(permit);
+    // The session's admission permit goes last.
+    drop(session);
+}
+
+/// What a client frame asks of the session loop beyond its immediate handling.
+enum Step {
+    End(End),
+    /// A `sub` waiting for its registry entry.
+    Sub {
+        conv: Uuid,
+        after: u64,
+        ack: oneshot::Receiver<bool>,
+    },
 }
 
 struct Session {
@@ -205,6 +256,10 @@ struct Session {
     out: Outbound,
     /// Set once authenticated.
     src: Option<Source>,
+    /// The upgrade request's `Origin`, until `hello` checked it against the token.
+    origin: Option<String>,
+    /// This connection's place under the edge's and its address's connection caps.
+    _permit: Arc<crate::accept::Admission>,
     /// Consecutive unparseable frames.
     bad: u32,
     /// This connection's `send` bucket.
@@ -214,43 +269,65 @@ struct Session {
 }
 
 impl Session {
-    async fn run<S: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut Reader<S>,
-        origin: Option<&str>,
-    ) -> End {
+    async fn run(&mut self, link: &mut Link) -> End {
         if self.ctx.is_draining() {
             return End::Close(CloseCode::Restart.code());
         }
-        let cfg = &self.ctx.config;
-        let first = tokio::select! {
-            r = tokio::time::timeout(cfg.hello_timeout, reader.next()) => r,
-            _ = self.out.closing() => return End::Closing,
+        // Boxed: the hello phase's state is freed once the connection is open.
+        let _tenant_slot = match Box::pin(self.hello(link)).await {
+            Ok(slot) => slot,
+            Err(end) => return end,
         };
-        let bytes = match first {
-            Err(_) => return End::Close(CloseCode::Unauthorized.code()),
-            Ok(Err(end)) => return end,
-            Ok(Ok(b)) => b,
+        loop {
+            let bytes = match link.next_message().await {
+                Ok(b) => b,
+                Err(end) => return end,
+            };
+            metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
+            match self.handle(&bytes) {
+                None => {}
+                Some(Step::End(end)) => return end,
+                Some(Step::Sub { conv, after, ack }) => {
+                    // Boxed: a parked connection's future need not hold room for this.
+                    if let Some(end) = Box::pin(self.sub(link, conv, after, ack)).await {
+                        return end;
+                    }
+                }
+            }
+            // A client that keeps the socket busy must not keep the worker thread.
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    /// `hello` within the hello timeout, the token, origin and tenant cap, registration,
+    /// and core-api's `welcome`. Sets the connection's identity; returns its tenant slot,
+    /// held for the connection's life.
+    async fn hello(&mut self, link: &mut Link) -> Result<crate::limits::Slot, End> {
+        let origin = self.origin.take();
+        let origin = origin.as_deref();
+        let cfg = &self.ctx.config;
+        let bytes = match tokio::time::timeout(cfg.hello_timeout, link.next_message()).await {
+            Err(_) => return Err(End::Close(CloseCode::Unauthorized.code())),
+            Ok(r) => r?,
         };
         metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
         let Ok(ClientFrame::Hello { token }) = serde_json::from_slice::<ClientFrame>(&bytes) else {
-            return End::Close(CloseCode::Unauthorized.code());
+            return Err(End::Close(CloseCode::Unauthorized.code()));
         };
         let claims = match self.ctx.verifier.verify(&token) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(conn = self.conn, error = %e, "token refused");
-                return End::Close(CloseCode::Unauthorized.code());
+                return Err(End::Close(CloseCode::Unauthorized.code()));
             }
         };
         if !claims.origin_allowed(origin) {
             tracing::debug!(conn = self.conn, origin, "origin refused");
-            return End::Close(CloseCode::Unauthorized.code());
+            return Err(End::Close(CloseCode::Unauthorized.code()));
         }
-        // Held for the connection's life.
-        let Some(_tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
+        let Some(tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
             tracing::info!(conn = self.conn, tenant = %claims.tid, "tenant connection cap reached");
-            return End::Close(CloseCode::RateLimited.code());
+            return Err(End::Close(CloseCode::RateLimited.code()));
         };
         let src = Source {
             edge: cfg.edge_id.clone(),
@@ -274,29 +351,27 @@ impl Session {
             Bytes::from(welcome.to_json()),
         );
         self.src = Some(src.clone());
-        if !matches!(
-            tokio::time::timeout(cfg.core_timeout, registered).await,
-            Ok(Ok(true))
-        ) {
-            return End::Close(CloseCode::Unavailable.code());
+        let registered = link
+            .during(tokio::time::timeout(cfg.core_timeout, registered))
+            .await?;
+        if !matches!(registered, Ok(Ok(true))) {
+            return Err(End::Close(CloseCode::Unavailable.code()));
         }
         let hello = Ingress::Hello { src: src.clone() };
         if self
             .ctx
             .ingress
-            .ingress(&hello, src.principal, Some(self.out.clone()))
+            .ingress(&hello, src.principal, Some(OnFail::Close(self.out.clone())))
             .is_err()
         {
-            return End::Close(CloseCode::Unavailable.code());
+            return Err(End::Close(CloseCode::Unavailable.code()));
         }
-        tokio::select! {
-            r = tokio::time::timeout(cfg.core_timeout, welcomed) => {
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::warn!(conn = self.conn, "core-api did not answer hello in time");
-                    return End::Close(CloseCode::Unavailable.code());
-                }
-            }
-            _ = self.out.closing() => return End::Closing,
+        let welcomed = link
+            .during(tokio::time::timeout(cfg.core_timeout, welcomed))
+            .await?;
+        if !matches!(welcomed, Ok(Ok(()))) {
+            tracing::warn!(conn = self.conn, "core-api did not answer hello in time");
+            return Err(End::Close(CloseCode::Unavailable.code()));
         }
         tracing::info!(
             conn = self.conn,
@@ -305,21 +380,7 @@ impl Session {
             role = src.role.as_str(),
             "connection open"
         );
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.out.closing() => return End::Closing,
-                r = reader.next() => r,
-            };
-            let bytes = match next {
-                Ok(b) => b,
-                Err(end) => return end,
-            };
-            metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
-            if let Some(end) = self.handle(&src, &bytes).await {
-                return end;
-            }
-        }
+        Ok(tenant_slot)
     }
 
     fn send(&self, frame: &ServerFrame) {
@@ -337,8 +398,10 @@ impl Session {
         });
     }
 
-    /// Handles one client frame after `hello`; `Some` ends the connection.
-    async fn handle(&mut self, src: &Source, bytes: &[u8]) -> Option<End> {
+    /// Handles one client frame after `hello`; `Some` ends the connection or asks for
+    /// the wait of a `sub`.
+    fn handle(&mut self, bytes: &[u8]) -> Option<Step> {
+        let src = self.src.as_ref()?;
         let frame = match serde_json::from_slice::<ClientFrame>(bytes) {
             Ok(f) => {
                 self.bad = 0;
@@ -348,7 +411,7 @@ impl Session {
                 self.bad += 1;
                 metrics::counter!("relaydesk_edge_bad_frames_total").increment(1);
                 if self.bad >= MAX_BAD_FRAMES {
-                    return Some(End::Close(CloseCode::ProtocolViolation.code()));
+                    return Some(Step::End(End::Close(CloseCode::ProtocolViolation.code())));
                 }
                 self.error(
                     client_id_of(bytes),
@@ -374,7 +437,7 @@ impl Session {
                     self.limited += 1;
                     metrics::counter!("relaydesk_edge_rate_limited_total").increment(1);
                     if self.limited > MAX_LIMITED {
-                        return Some(End::Close(CloseCode::RateLimited.code()));
+                        return Some(Step::End(End::Close(CloseCode::RateLimited.code())));
                     }
                     let retry_after_ms = u64::try_from(limited.retry_after.as_millis())
                         .unwrap_or(u64::MAX)
@@ -403,6 +466,8 @@ impl Session {
                         ErrorCode::Forbidden,
                         "message kind not allowed",
                     );
+                } else if !ctx.redis_healthy() {
+                    self.out.send(ingress::unavailable(Some(id), Some(conv)));
                 } else {
                     let entry = Ingress::Send {
                         src: src.clone(),
@@ -412,11 +477,12 @@ impl Session {
                         body,
                         rx_us: unix_micros(),
                     };
-                    if ctx
-                        .ingress
-                        .ingress(&entry, conv, Some(self.out.clone()))
-                        .is_err()
-                    {
+                    let on_fail = OnFail::Refuse {
+                        out: self.out.clone(),
+                        id: Some(id.clone()),
+                        conv: Some(conv),
+                    };
+                    if ctx.ingress.ingress(&entry, conv, Some(on_fail)).is_err() {
                         self.error(Some(id), Some(conv), ErrorCode::Unavailable, "edge busy");
                     }
                 }
@@ -424,28 +490,9 @@ impl Session {
             ClientFrame::Sub { conv, after } => {
                 let after = after.unwrap_or(0);
                 let Some(ack) = ctx.hub().begin_sub(self.conn, conv, after, Instant::now()) else {
-                    return Some(End::Close(CloseCode::Unavailable.code()));
+                    return Some(Step::End(End::Close(CloseCode::Unavailable.code())));
                 };
-                // The registry entry must exist before core-api answers the sub.
-                if !matches!(
-                    tokio::time::timeout(ctx.config.core_timeout, ack).await,
-                    Ok(Ok(true))
-                ) {
-                    return Some(End::Close(CloseCode::Unavailable.code()));
-                }
-                let entry = Ingress::Sub {
-                    src: src.clone(),
-                    conv,
-                    after,
-                };
-                if ctx
-                    .ingress
-                    .ingress(&entry, conv, Some(self.out.clone()))
-                    .is_err()
-                {
-                    ctx.hub().unsub(self.conn, conv);
-                    self.error(None, Some(conv), ErrorCode::Unavailable, "edge busy");
-                }
+                return Some(Step::Sub { conv, after, ack });
             }
             ClientFrame::Unsub { conv } => ctx.hub().unsub(self.conn, conv),
             ClientFrame::Ack { conv, seq } => {
@@ -487,6 +534,39 @@ impl Session {
         None
     }
 
+    /// Completes a `sub` once this edge's registry entry for the conversation exists
+    /// (core-api must find it before answering); `Some` ends the connection.
+    async fn sub(
+        &mut self,
+        link: &mut Link,
+        conv: Uuid,
+        after: u64,
+        ack: oneshot::Receiver<bool>,
+    ) -> Option<End> {
+        let ctx = self.ctx.clone();
+        match link
+            .during(tokio::time::timeout(ctx.config.core_timeout, ack))
+            .await
+        {
+            Ok(Ok(Ok(true))) => {}
+            Ok(_) => {
+                // Redis did not take the registry entry: the client may retry.
+                ctx.hub().unsub(self.conn, conv);
+                self.out.send(ingress::unavailable(None, Some(conv)));
+                return None;
+            }
+            Err(end) => return Some(end),
+        }
+        let src = self.src.clone()?;
+        let entry = Ingress::Sub { src, conv, after };
+        let on_fail = self.refuse(conv);
+        if ctx.ingress.ingress(&entry, conv, Some(on_fail)).is_err() {
+            ctx.hub().unsub(self.conn, conv);
+            self.error(None, Some(conv), ErrorCode::Unavailable, "edge busy");
+        }
+        None
+    }
+
     fn receipt(&self, conv: Uuid, entry: Ingress) {
         if !self.ctx.hub().is_subscribed(self.conn, conv) {
             self.error(
@@ -500,10 +580,19 @@ impl Session {
         if self
             .ctx
             .ingress
-            .ingress(&entry, conv, Some(self.out.clone()))
+            .ingress(&entry, conv, Some(self.refuse(conv)))
             .is_err()
         {
             self.error(None, Some(conv), ErrorCode::Unavailable, "edge busy");
+        }
+    }
+
+    /// Answers a frame about `conv` that Redis did not take.
+    fn refuse(&self, conv: Uuid) -> OnFail {
+        OnFail::Refuse {
+            out: self.out.clone(),
+            id: None,
+            conv: Some(conv),
         }
     }
 }
@@ -581,16 +670,5 @@ mod tests {
         );
         assert_eq!(client_id_of(br#"{"t":"send","id":"a b"}"#), None);
         assert_eq!(client_id_of(b"nope"), None);
-    }
-
-    #[test]
-    fn read_errors_map_to_close_codes() {
-        assert_eq!(read_error(WebSocketError::FrameTooLarge), End::Close(1009));
-        assert_eq!(read_error(WebSocketError::InvalidUTF8), End::Close(1007));
-        assert_eq!(read_error(WebSocketError::UnexpectedEOF), End::Gone);
-        assert_eq!(
-            read_error(WebSocketError::ReservedBitsNotZero),
-            End::Close(1002)
-        );
     }
 }

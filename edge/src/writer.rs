@@ -1,33 +1,86 @@
 //! The outbound path of one connection: a queue bounded in bytes ([`Outbound`], shared by
-//! the hub, the session and the egress dispatcher) and the writer task ([`run_writer`])
-//! that drains it into the socket, coalescing everything queued before one flush, and
-//! sends heartbeat pings.
+//! the hub, the session and the egress dispatcher), the coalescing socket writer
+//! ([`Writer`]) the session task drives, and the edge-wide heartbeat ([`run_heartbeats`]).
 //!
-//! Exceeding the byte bound closes the connection with 4008 (slow consumer). A close
-//! frame is always the last frame written; after it the writer stops.
+//! Frames are queued as shared `Bytes` (serialized once for every local recipient); the
+//! writer encodes the few header bytes of each on the stack and writes everything queued
+//! with one vectored write, so a connection costs one syscall per burst, not per frame.
+//! Exceeding the byte bound closes the connection with 4008 (slow consumer). A close frame
+//! is always the last frame written.
+//!
+//! Heartbeats are one task per edge, not a timer per socket: each tick pings a slice of
+//! the connections and closes (1001) those silent for two intervals.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use relaydesk_shared::CloseCode;
-use tokio::io::AsyncWrite;
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long an in-flight write may still take once a close was requested.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+use crate::Ctx;
+
+/// WebSocket opcodes the edge writes.
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+/// Frames per vectored write (two slices each; well under `IOV_MAX`).
+const FRAMES_PER_WRITE: usize = 64;
+/// Vectored writes per [`Writer::flush`] call before yielding to other connections.
+const WRITES_PER_FLUSH: usize = 16;
+/// Longest frame header (2 + 8 length bytes) plus room for a close code.
+const HEADER_MAX: usize = 12;
 
 /// One item of the outbound queue.
 #[derive(Debug)]
 enum Out {
     Text(Bytes),
     Ping,
-    Pong(Vec<u8>),
+    Pong(Bytes),
+    /// The close frame with this code: always last.
+    Close(u16),
+}
+
+impl Out {
+    /// Writes the frame header (and a close frame's code) into `buf`; returns its length
+    /// and the payload that follows it.
+    fn encode<'a>(&'a self, buf: &mut [u8; HEADER_MAX]) -> (usize, &'a [u8]) {
+        match self {
+            Out::Text(b) => (header(OP_TEXT, b.len(), buf), b),
+            Out::Ping => (header(OP_PING, 0, buf), &[]),
+            Out::Pong(b) => (header(OP_PONG, b.len(), buf), b),
+            Out::Close(code) => {
+                let n = header(OP_CLOSE, 2, buf);
+                buf[n..n + 2].copy_from_slice(&code.to_be_bytes());
+                (n + 2, &[])
+            }
+        }
+    }
+}
+
+/// An unmasked, final server frame header for `len` payload bytes.
+fn header(opcode: u8, len: usize, buf: &mut [u8; HEADER_MAX]) -> usize {
+    buf[0] = 0x80 | opcode;
+    if len < 126 {
+        buf[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        buf[1] = 126;
+        buf[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        buf[1] = 127;
+        buf[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
 }
 
 #[derive(Debug, Default)]
@@ -35,19 +88,27 @@ struct State {
     queue: VecDeque<Out>,
     /// Bytes of text frames queued or being written.
     bytes: usize,
-    /// Payload of the close frame to write once the queue is empty.
-    close: Option<Vec<u8>>,
+    /// The close frame to write once the queue is empty.
+    close: Option<u16>,
     /// The close code of this connection (sent by us, or echoed from the peer).
     code: Option<u16>,
+    /// The queue was dropped for a close: the writer drops what it holds too.
+    discard: bool,
     /// The session ended: write nothing more than a pending close.
     finished: bool,
 }
 
 struct Inner {
     state: Mutex<State>,
-    notify: Notify,
+    /// The connection's task, woken when something was queued or a close was requested
+    /// (`woken` says so until the task sees it). No waiting future holds state.
+    waker: AtomicWaker,
+    woken: AtomicBool,
+    /// A close was requested or the session ended.
+    closing: AtomicBool,
+    /// When the peer last sent anything, in ms on [`clock_ms`].
+    seen_ms: AtomicU64,
     limit: usize,
-    closing: CancellationToken,
 }
 
 /// Handle on the outbound queue of one connection. Cheap to clone.
@@ -64,15 +125,24 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
+/// Milliseconds since the first call in this process: a cheap clock for liveness.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Outbound {
     /// A queue that holds at most `limit` bytes of text frames.
     pub fn new(limit: usize) -> Self {
         Outbound {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                notify: Notify::new(),
+                waker: AtomicWaker::new(),
+                woken: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
+                seen_ms: AtomicU64::new(clock_ms()),
                 limit,
-                closing: CancellationToken::new(),
             }),
         }
     }
@@ -96,9 +166,12 @@ impl Outbound {
             return false;
         }
         s.bytes += frame.len();
+        let wake = s.queue.is_empty();
         s.queue.push_back(Out::Text(frame));
         drop(s);
-        self.inner.notify.notify_one();
+        if wake {
+            self.wake();
+        }
         true
     }
 
@@ -107,8 +180,8 @@ impl Outbound {
         self.push_control(Out::Ping);
     }
 
-    /// Queues a pong answering a ping (fastwebsockets' auto-pong).
-    pub fn pong(&self, payload: Vec<u8>) {
+    /// Queues a pong answering a ping.
+    pub fn pong(&self, payload: Bytes) {
         self.push_control(Out::Pong(payload));
     }
 
@@ -119,29 +192,30 @@ impl Outbound {
         }
         s.queue.push_back(item);
         drop(s);
-        self.inner.notify.notify_one();
+        self.wake();
     }
 
     /// Closes after everything already queued has been written.
     pub fn close(&self, code: u16) {
-        self.set_close(code, close_payload(code), false);
+        self.set_close(code, false);
     }
 
     /// Closes now: drops everything queued, then writes the close frame.
     pub fn close_discarding(&self, code: u16) {
-        self.set_close(code, close_payload(code), true);
+        self.set_close(code, true);
     }
 
-    /// Echoes the peer's close frame (fastwebsockets' auto-close).
-    pub fn close_echo(&self, payload: Vec<u8>) {
-        let code = match payload.get(..2) {
-            Some(b) => u16::from_be_bytes([b[0], b[1]]),
-            None => 1005,
-        };
-        self.set_close(code, payload, false);
+    /// Answers the peer's close frame with its code (1000 when it gave none).
+    pub fn close_echo(&self, code: Option<u16>) {
+        let mut s = self.lock();
+        if s.code.is_none() {
+            s.code = Some(code.unwrap_or(1005));
+        }
+        drop(s);
+        self.set_close(code.unwrap_or(1000), false);
     }
 
-    fn set_close(&self, code: u16, payload: Vec<u8>, discard: bool) {
+    fn set_close(&self, code: u16, discard: bool) {
         let mut s = self.lock();
         if s.code.is_none() {
             s.code = Some(code);
@@ -149,16 +223,18 @@ impl Outbound {
         if s.close.is_none() && !s.finished {
             if discard {
                 s.queue.clear();
+                s.bytes = 0;
+                s.discard = true;
             }
-            s.close = Some(payload);
+            s.close = Some(code);
         }
         drop(s);
-        self.inner.closing.cancel();
-        self.inner.notify.notify_one();
+        self.inner.closing.store(true, Ordering::Release);
+        self.wake();
     }
 
-    /// The session is over (the peer is gone or the close handshake ended): the writer
-    /// writes a pending close frame, if any, and stops.
+    /// The session is over (the peer is gone or the close handshake ended): nothing more
+    /// is queued.
     pub fn finish(&self, code_if_unset: u16) {
         let mut s = self.lock();
         if s.code.is_none() {
@@ -166,9 +242,10 @@ impl Outbound {
         }
         s.finished = true;
         s.queue.clear();
+        s.bytes = 0;
         drop(s);
-        self.inner.closing.cancel();
-        self.inner.notify.notify_one();
+        self.inner.closing.store(true, Ordering::Release);
+        self.wake();
     }
 
     /// The close code, once a close was requested or received.
@@ -178,13 +255,25 @@ impl Outbound {
 
     /// Whether a close was requested (by us or the peer) or the session ended.
     pub fn is_closing(&self) -> bool {
-        self.inner.closing.is_cancelled()
+        self.inner.closing.load(Ordering::Acquire)
     }
 
-    /// Resolves once a close was requested or the session ended.
-    pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
-        let token = self.inner.closing.clone();
-        async move { token.cancelled().await }
+    fn wake(&self) {
+        self.inner.woken.store(true, Ordering::Release);
+        self.inner.waker.wake();
+    }
+
+    /// Ready when something was queued or a close was requested since it was last ready.
+    /// Only the connection's own task polls it.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.inner.waker.register(cx.waker());
+        if self.inner.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Bytes of text frames queued or being written.
@@ -192,21 +281,40 @@ impl Outbound {
         self.lock().bytes
     }
 
-    fn written(&self, n: usize) {
-        let mut s = self.lock();
-        s.bytes = s.bytes.saturating_sub(n);
+    /// Records that the peer sent something.
+    pub fn touch(&self) {
+        self.inner.seen_ms.store(clock_ms(), Ordering::Relaxed);
     }
 
-    /// Takes everything queued: frames, then the close payload once nothing precedes it.
-    fn take(&self) -> (Vec<Out>, Option<Vec<u8>>, bool) {
+    /// Time since the peer last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        let seen = self.inner.seen_ms.load(Ordering::Relaxed);
+        Duration::from_millis(clock_ms().saturating_sub(seen))
+    }
+
+    /// Moves everything queued to the end of `into`, the close frame last once nothing
+    /// precedes it. Returns true when the queue had been discarded since the last call.
+    fn take_into(&self, into: &mut VecDeque<Out>) -> bool {
         let mut s = self.lock();
-        let items: Vec<Out> = s.queue.drain(..).collect();
-        let close = s.close.take();
-        if close.is_some() {
-            // Remember that the close is being written: nothing may follow it.
+        let discard = std::mem::take(&mut s.discard);
+        if into.is_empty() {
+            // Hand over the allocation instead of copying; the queue starts empty again.
+            std::mem::swap(into, &mut s.queue);
+        } else {
+            into.extend(s.queue.drain(..));
+        }
+        if let Some(code) = s.close.take() {
+            into.push_back(Out::Close(code));
             s.finished = true;
         }
-        (items, close, s.finished)
+        discard
+    }
+
+    fn written(&self, n: usize) {
+        if n > 0 {
+            let mut s = self.lock();
+            s.bytes = s.bytes.saturating_sub(n);
+        }
     }
 
     /// Test helper: the text frames queued so far, removed from the queue.
@@ -224,159 +332,165 @@ impl Outbound {
     }
 }
 
-fn close_payload(code: u16) -> Vec<u8> {
-    code.to_be_bytes().to_vec()
+/// What a [`Writer::flush`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is written.
+    Idle,
+    /// More is queued: call again (after letting others run).
+    More,
+    /// The socket is full: wait until it is writable.
+    Blocked,
+    /// The close frame is written: nothing more will be.
+    Closed,
 }
 
-/// When the peer last sent anything (any frame, pongs included).
-#[derive(Debug)]
-pub struct Liveness {
-    start: Instant,
-    last_ms: AtomicU64,
+/// The write side of one connection, driven by its session task. Holds frames only while
+/// they are being written; an idle connection's writer owns no allocation.
+#[derive(Debug, Default)]
+pub struct Writer {
+    pending: VecDeque<Out>,
+    /// Bytes of `pending[0]`'s encoded frame already written.
+    head: usize,
 }
 
-impl Liveness {
-    pub fn new() -> Self {
-        Liveness {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Records that the peer sent a frame.
-    pub fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the peer last sent anything.
-    pub fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Writes `out` into the socket until a close frame was written or the session ended.
-/// Sends a ping every `heartbeat`; closes (1001) a peer silent for two intervals.
-pub async fn run_writer<S>(
-    mut ws: WebSocketWrite<S>,
-    out: Outbound,
-    heartbeat: Duration,
-    live: Arc<Liveness>,
-) where
-    S: AsyncWrite + Unpin,
-{
-    let heartbeat_loop = {
-        let out = out.clone();
-        async move {
-            let mut ticker =
-                tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if live.silent_for() >= heartbeat.saturating_mul(2) {
-                    out.close(CloseCode::GoingAway.code());
-                    break;
-                }
-                out.ping();
+impl Writer {
+    /// Writes what is queued on `out` with as few (vectored) writes as possible.
+    pub fn flush(&mut self, io: &TcpStream, out: &Outbound) -> io::Result<Flushed> {
+        for _ in 0..WRITES_PER_FLUSH {
+            if out.take_into(&mut self.pending) {
+                // The queue was dropped for a close: so is what this writer holds, but a
+                // frame already partly on the wire is finished, or the stream breaks.
+                let keep = usize::from(self.head > 0);
+                let mut i = 0;
+                self.pending.retain(|o| {
+                    i += 1;
+                    i <= keep || matches!(o, Out::Close(_))
+                });
             }
-            std::future::pending::<()>().await;
-        }
-    };
-    let write_loop = async {
-        loop {
-            let (items, close, finished) = loop {
-                let (items, close, finished) = out.take();
-                if !items.is_empty() || close.is_some() || finished {
-                    break (items, close, finished);
+            if self.pending.is_empty() {
+                // Give back the queue's allocation while idle.
+                self.pending = VecDeque::new();
+                return Ok(Flushed::Idle);
+            }
+            let n = self.pending.len().min(FRAMES_PER_WRITE);
+            // Encoded frame lengths, kept past the write (the slices borrow the queue).
+            let mut lens = [0usize; FRAMES_PER_WRITE];
+            let written = {
+                let mut headers = [[0u8; HEADER_MAX]; FRAMES_PER_WRITE];
+                let mut parts: [(usize, &[u8]); FRAMES_PER_WRITE] = [(0, &[]); FRAMES_PER_WRITE];
+                for (i, item) in self.pending.iter().take(n).enumerate() {
+                    parts[i] = item.encode(&mut headers[i]);
+                    lens[i] = parts[i].0 + parts[i].1.len();
                 }
-                out.inner.notify.notified().await;
+                let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
+                let mut k = 0;
+                let mut skip = self.head;
+                for (i, (hlen, payload)) in parts.iter().take(n).enumerate() {
+                    let hdr = &headers[i][..*hlen];
+                    let h = skip.min(hdr.len());
+                    if h < hdr.len() {
+                        slices[k] = IoSlice::new(&hdr[h..]);
+                        k += 1;
+                    }
+                    skip -= h;
+                    let p = skip.min(payload.len());
+                    if p < payload.len() {
+                        slices[k] = IoSlice::new(&payload[p..]);
+                        k += 1;
+                    }
+                    skip -= p;
+                }
+                io.try_write_vectored(&slices[..k])
+            };
+            let mut wrote = match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) => return Err(e),
             };
             let mut texts = 0u64;
-            for item in items {
-                let (ok, len) = match item {
-                    Out::Text(b) => {
-                        texts += 1;
-                        let ok =
-                            guarded(ws.write_frame(Frame::text(Payload::Borrowed(&b))), &out).await;
-                        (ok, b.len())
-                    }
-                    Out::Ping => (
-                        guarded(
-                            ws.write_frame(Frame::new(
-                                true,
-                                OpCode::Ping,
-                                None,
-                                Payload::Borrowed(&[]),
-                            )),
-                            &out,
-                        )
-                        .await,
-                        0,
-                    ),
-                    Out::Pong(p) => (
-                        guarded(ws.write_frame(Frame::pong(Payload::Owned(p))), &out).await,
-                        0,
-                    ),
-                };
-                if len > 0 {
-                    out.written(len);
+            let mut text_bytes = 0usize;
+            for len in lens.iter().take(n) {
+                let left = len - self.head;
+                if wrote < left {
+                    self.head += wrote;
+                    break;
                 }
-                if !ok {
-                    return;
+                wrote -= left;
+                self.head = 0;
+                match self.pending.pop_front() {
+                    Some(Out::Close(_)) => {
+                        out.written(text_bytes);
+                        return Ok(Flushed::Closed);
+                    }
+                    Some(Out::Text(b)) => {
+                        texts += 1;
+                        text_bytes += b.len();
+                    }
+                    _ => {}
                 }
             }
+            out.written(text_bytes);
             if texts > 0 {
                 metrics::counter!("relaydesk_edge_frames_out_total").increment(texts);
             }
-            if let Some(payload) = close {
-                let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    if ws
-                        .write_frame(Frame::close_raw(Payload::Owned(payload)))
-                        .await
-                        .is_ok()
-                    {
-                        let _ = ws.flush().await;
-                    }
-                })
-                .await;
-                return;
-            }
-            if !guarded(ws.flush(), &out).await || finished {
-                return;
-            }
         }
-    };
-    tokio::select! {
-        _ = write_loop => {},
-        _ = heartbeat_loop => {},
+        Ok(Flushed::More)
     }
 }
 
-/// Runs a socket write; once a close is requested the write gets [`CLOSE_GRACE`] more.
-async fn guarded<F>(fut: F, out: &Outbound) -> bool
-where
-    F: Future<Output = Result<(), WebSocketError>>,
-{
-    let mut fut = std::pin::pin!(fut);
-    if !out.is_closing() {
+/// Ticks per heartbeat interval: each tick serves one slice of the connections.
+const HEARTBEAT_SLICES: u64 = 50;
+
+/// Pings every connection once per `heartbeat`, spread evenly over the interval, and
+/// closes (1001) connections whose peer has been silent for two intervals.
+pub(crate) async fn run_heartbeats(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let heartbeat = ctx.config.heartbeat;
+    let tick = (heartbeat / HEARTBEAT_SLICES as u32).max(Duration::from_millis(10));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0u64;
+    loop {
         tokio::select! {
-            r = &mut fut => return r.is_ok(),
-            _ = out.closing() => {},
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        slice = (slice + 1) % HEARTBEAT_SLICES;
+        let mut silent = 0u64;
+        ctx.each_session(|conn, out| {
+            if conn % HEARTBEAT_SLICES != slice {
+                return;
+            }
+            if out.silent_for() >= heartbeat.saturating_mul(2) {
+                silent += 1;
+                out.close(CloseCode::GoingAway.code());
+            } else {
+                out.ping();
+            }
+        });
+        if silent > 0 {
+            metrics::counter!("relaydesk_edge_heartbeat_closes_total").increment(silent);
         }
     }
-    matches!(tokio::time::timeout(CLOSE_GRACE, fut).await, Ok(Ok(())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn taken(out: &Outbound) -> Vec<String> {
+        let mut q = VecDeque::new();
+        out.take_into(&mut q);
+        q.iter()
+            .map(|o| match o {
+                Out::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                Out::Ping => "ping".into(),
+                Out::Pong(_) => "pong".into(),
+                Out::Close(c) => format!("close {c}"),
+            })
+            .collect()
+    }
 
     #[test]
     fn over_the_bound_closes_with_4008_and_drops_the_queue() {
@@ -386,9 +500,7 @@ mod tests {
         assert!(!out.send(Bytes::from_static(b"1")));
         assert_eq!(out.close_code(), Some(4008));
         assert!(out.is_closing());
-        let (items, close, _) = out.take();
-        assert!(items.is_empty());
-        assert_eq!(close, Some(4008u16.to_be_bytes().to_vec()));
+        assert_eq!(taken(&out), ["close 4008"]);
         assert!(!out.send(Bytes::from_static(b"x")));
     }
 
@@ -399,8 +511,62 @@ mod tests {
         out.close(4501);
         out.close(1000);
         assert_eq!(out.close_code(), Some(4501));
-        let (items, close, _) = out.take();
-        assert_eq!(items.len(), 1);
-        assert_eq!(close, Some(4501u16.to_be_bytes().to_vec()));
+        assert_eq!(taken(&out), ["a", "close 4501"]);
+        assert!(taken(&out).is_empty());
+    }
+
+    #[test]
+    fn headers_follow_rfc_6455_lengths() {
+        let mut buf = [0u8; HEADER_MAX];
+        assert_eq!(header(OP_TEXT, 125, &mut buf), 2);
+        assert_eq!(buf[..2], [0x81, 125]);
+        assert_eq!(header(OP_TEXT, 126, &mut buf), 4);
+        assert_eq!(buf[..4], [0x81, 126, 0, 126]);
+        assert_eq!(header(OP_TEXT, 70_000, &mut buf), 10);
+        assert_eq!(buf[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        let close = Out::Close(4008);
+        let (n, payload) = close.encode(&mut buf);
+        assert_eq!(buf[..n], [0x88, 2, 0x0f, 0xa8]);
+        assert!(payload.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_leaves_in_one_write_and_a_full_socket_resumes_mid_frame() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let out = Outbound::new(64 << 20);
+        let mut w = Writer::default();
+        // Far more than the socket buffers hold: the writer must stop and resume.
+        let body = Bytes::from(vec![b'x'; 1000]);
+        let frames = 20_000;
+        for _ in 0..frames {
+            assert!(out.send(body.clone()));
+        }
+        out.close(1000);
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut client = client;
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        loop {
+            match w.flush(&server, &out).unwrap() {
+                Flushed::Closed => break,
+                Flushed::Blocked => server.writable().await.unwrap(),
+                Flushed::More | Flushed::Idle => tokio::task::yield_now().await,
+            }
+        }
+        drop(server);
+        let all = reader.await.unwrap();
+        let frame = 4 + 1000;
+        assert_eq!(all.len(), frames * frame + 4);
+        for i in 0..frames {
+            assert_eq!(all[i * frame..i * frame + 4], [0x81, 126, 0x03, 0xe8]);
+        }
+        assert_eq!(all[frames * frame..], [0x88, 2, 0x03, 0xe8]);
+        assert_eq!(out.queued_bytes(), 0);
     }
 }

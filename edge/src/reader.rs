@@ -1,0 +1,385 @@
+//! The read side of one connection: WebSocket frames (RFC 6455) parsed from the raw
+//! socket into whole text messages, bounded in total size across continuation frames.
+//!
+//! fastwebsockets performs the upgrade handshake; framing is read here because an idle
+//! socket must hold no read buffer (fastwebsockets keeps 8 KiB per connection). The
+//! session waits for readiness without a buffer, then [`Reader::next`] borrows one from a
+//! per-thread pool, reads until the socket would block, and gives the buffer back as soon
+//! as everything in it is consumed. Only an incomplete frame keeps a buffer, and only a
+//! fragmented message keeps its assembled prefix.
+//!
+//! Control frames are answered through the connection's outbound queue: a ping with a
+//! pong, a close with the echo of its code.
+
+use std::cell::RefCell;
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use relaydesk_shared::CloseCode;
+use tokio::net::TcpStream;
+
+use crate::writer::Outbound;
+
+/// Size of a pooled read buffer: one read takes up to this much.
+const READ_CHUNK: usize = 8 * 1024;
+/// Buffers kept per worker thread.
+const POOL_MAX: usize = 256;
+/// WebSocket close code for a protocol error at the framing level.
+pub const WS_PROTOCOL_ERROR: u16 = 1002;
+
+/// Why reading stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Close the connection with this code.
+    Close(u16),
+    /// A close was already requested elsewhere (drain, slow consumer, Redis down, heartbeat).
+    Closing,
+    /// The peer sent a close frame (its echo is queued).
+    PeerClosed,
+    /// The socket is gone.
+    Gone,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled() -> BytesMut {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+}
+
+fn give_back(mut buf: BytesMut) {
+    // A buffer grown for a large frame is not kept.
+    if buf.capacity() > 2 * READ_CHUNK {
+        return;
+    }
+    buf.clear();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    /// Header length in bytes.
+    size: usize,
+    /// Payload length in bytes.
+    len: usize,
+}
+
+/// Parses the header at the start of `buf`: `Ok(None)` while it is incomplete. Client
+/// frames must be masked; control frames must be final and at most 125 bytes; a data
+/// frame may carry at most `max` bytes.
+fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, End> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(End::Close(WS_PROTOCOL_ERROR));
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0f;
+    if b1 & 0x80 == 0 {
+        return Err(End::Close(WS_PROTOCOL_ERROR));
+    }
+    let (len, at) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                (u64::from_be_bytes(a), 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let Some(m) = buf.get(at..at + 4) else {
+        return Ok(None);
+    };
+    let len = if opcode & 0x8 != 0 {
+        if !fin || len > 125 {
+            return Err(End::Close(WS_PROTOCOL_ERROR));
+        }
+        len as usize
+    } else {
+        match usize::try_from(len) {
+            Ok(l) if l <= max => l,
+            _ => return Err(End::Close(CloseCode::TooLarge.code())),
+        }
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask: [m[0], m[1], m[2], m[3]],
+        size: at + 4,
+        len,
+    }))
+}
+
+/// The read state of one connection.
+#[derive(Debug)]
+pub struct Reader {
+    /// Bytes read but not yet consumed; `None` whenever everything read was consumed.
+    input: Option<BytesMut>,
+    /// The message being assembled from continuation frames.
+    partial: Option<Vec<u8>>,
+    /// Largest whole message, in bytes.
+    max: usize,
+}
+
+impl Reader {
+    /// A reader of messages up to `max` bytes; `early` is what the HTTP layer read past
+    /// the upgrade request, if anything.
+    pub fn new(max: usize, early: Bytes) -> Self {
+        let input = (!early.is_empty()).then(|| {
+            let mut b = pooled();
+            b.extend_from_slice(&early);
+            b
+        });
+        Reader {
+            input,
+            partial: None,
+            max,
+        }
+    }
+
+    /// The next complete text message, reading from `io` as needed; `Ok(None)` when
+    /// the socket has nothing more for now (wait for it to be readable).
+    pub fn next(&mut self, io: &TcpStream, out: &Outbound) -> Result<Option<Vec<u8>>, End> {
+        loop {
+            if let Some(msg) = self.parse(out)? {
+                return Ok(Some(msg));
+            }
+            let buf = self.input.get_or_insert_with(pooled);
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match io.try_read_buf(buf) {
+                Ok(0) => return Err(End::Gone),
+                Ok(_) => out.touch(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        if let Some(b) = self.input.take() {
+                            give_back(b);
+                        }
+                    }
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(End::Gone),
+            }
+        }
+    }
+
+    /// Consumes complete frames from the input; returns the first complete message.
+    fn parse(&mut self, out: &Outbound) -> Result<Option<Vec<u8>>, End> {
+        loop {
+            let Some(buf) = self.input.as_mut() else {
+                return Ok(None);
+            };
+            let assembled = self.partial.as_ref().map_or(0, Vec::len);
+            let Some(h) = parse_header(buf, self.max.saturating_sub(assembled))? else {
+                return Ok(None);
+            };
+            if buf.len() < h.size + h.len {
+                // Make room for the whole frame so it arrives in few reads.
+                buf.reserve(h.size + h.len - buf.len());
+                return Ok(None);
+            }
+            buf.advance(h.size);
+            let mut payload = buf[..h.len].to_vec();
+            buf.advance(h.len);
+            fastwebsockets::unmask(&mut payload, h.mask);
+            if buf.is_empty() {
+                if let Some(b) = self.input.take() {
+                    give_back(b);
+                }
+            }
+            match h.opcode {
+                0x1 => {
+                    if self.partial.is_some() {
+                        return Err(End::Close(WS_PROTOCOL_ERROR));
+                    }
+                    if h.fin {
+                        return utf8(payload).map(Some);
+                    }
+                    self.partial = Some(payload);
+                }
+                0x0 => {
+                    let Some(mut msg) = self.partial.take() else {
+                        return Err(End::Close(WS_PROTOCOL_ERROR));
+                    };
+                    msg.extend_from_slice(&payload);
+                    if h.fin {
+                        return utf8(msg).map(Some);
+                    }
+                    self.partial = Some(msg);
+                }
+                0x2 => return Err(End::Close(CloseCode::Unsupported.code())),
+                0x8 => {
+                    let code = match payload.len() {
+                        0 => None,
+                        1 => return Err(End::Close(WS_PROTOCOL_ERROR)),
+                        _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                    };
+                    out.close_echo(code);
+                    return Err(End::PeerClosed);
+                }
+                0x9 => out.pong(Bytes::from(payload)),
+                0xA => {}
+                _ => return Err(End::Close(WS_PROTOCOL_ERROR)),
+            }
+        }
+    }
+}
+
+fn utf8(msg: Vec<u8>) -> Result<Vec<u8>, End> {
+    match std::str::from_utf8(&msg) {
+        Ok(_) => Ok(msg),
+        Err(_) => Err(End::Close(CloseCode::InvalidUtf8.code())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Everything the reader makes of `bytes` (sent at once), up to its first error.
+    async fn read_all(bytes: Vec<u8>, max: usize) -> (Vec<String>, Option<End>, Outbound) {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        client.write_all(&bytes).await.unwrap();
+        client.shutdown().await.unwrap();
+        let out = Outbound::new(1 << 20);
+        let mut r = Reader::new(max, Bytes::new());
+        let mut msgs = Vec::new();
+        loop {
+            match r.next(&server, &out) {
+                Ok(Some(m)) => msgs.push(String::from_utf8(m).unwrap()),
+                Ok(None) => server.readable().await.unwrap(),
+                Err(End::Gone) => return (msgs, None, out),
+                Err(e) => return (msgs, Some(e), out),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn whole_and_fragmented_messages_with_control_frames_between() {
+        let mut b = frame(true, 1, b"hello");
+        b.extend(frame(false, 1, b"ab"));
+        b.extend(frame(true, 9, b"p"));
+        b.extend(frame(false, 0, b"cd"));
+        b.extend(frame(true, 0, b"ef"));
+        b.extend(frame(true, 1, &vec![b'z'; 70_000]));
+        let (msgs, end, out) = read_all(b, 100_000).await;
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[..2], ["hello", "abcdef"]);
+        assert_eq!(msgs[2].len(), 70_000);
+        assert_eq!(end, None);
+        assert!(!out.is_closing());
+    }
+
+    #[tokio::test]
+    async fn the_bound_holds_across_fragments() {
+        let mut b = frame(false, 1, &[b'a'; 60]);
+        b.extend(frame(false, 0, &[b'b'; 60]));
+        let (msgs, end, _) = read_all(b, 100).await;
+        assert!(msgs.is_empty());
+        assert_eq!(end, Some(End::Close(1009)));
+        let (_, end, _) = read_all(frame(true, 1, &[b'a'; 101]), 100).await;
+        assert_eq!(end, Some(End::Close(1009)));
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_get_their_codes() {
+        let unmasked = vec![0x81, 0x01, b'a'];
+        assert_eq!(read_all(unmasked, 100).await.1, Some(End::Close(1002)));
+        let binary = frame(true, 2, b"x");
+        assert_eq!(read_all(binary, 100).await.1, Some(End::Close(1003)));
+        let bad_utf8 = frame(true, 1, &[0xff, 0xfe]);
+        assert_eq!(read_all(bad_utf8, 100).await.1, Some(End::Close(1007)));
+        let stray = frame(true, 0, b"x");
+        assert_eq!(read_all(stray, 100).await.1, Some(End::Close(1002)));
+        let rsv = {
+            let mut f = frame(true, 1, b"x");
+            f[0] |= 0x40;
+            f
+        };
+        assert_eq!(read_all(rsv, 100).await.1, Some(End::Close(1002)));
+        let long_ping = frame(true, 9, &[0; 126]);
+        assert_eq!(read_all(long_ping, 1000).await.1, Some(End::Close(1002)));
+    }
+
+    #[tokio::test]
+    async fn a_close_is_echoed() {
+        let (msgs, end, out) = read_all(frame(true, 8, &4000u16.to_be_bytes()), 100).await;
+        assert!(msgs.is_empty());
+        assert_eq!(end, Some(End::PeerClosed));
+        assert_eq!(out.close_code(), Some(4000));
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(100, Bytes::new());
+        let f = frame(true, 1, b"hi");
+        // Half a frame: the buffer is kept for the rest.
+        client.write_all(&f[..3]).await.unwrap();
+        server.readable().await.unwrap();
+        while r.next(&server, &out).unwrap().is_some() {}
+        assert!(r.input.is_some());
+        client.write_all(&f[3..]).await.unwrap();
+        let msg = loop {
+            server.readable().await.unwrap();
+            if let Some(m) = r.next(&server, &out).unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(msg, b"hi");
+        assert!(r.next(&server, &out).unwrap().is_none());
+        assert!(r.input.is_none());
+    }
+}
