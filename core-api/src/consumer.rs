@@ -360,7 +360,7 @@ fn receipt(src: &Source, conv: Uuid, seq: u64, read: bool) -> Receipt {
 
 fn reply(src: &Source, frame: &ServerFrame) -> Out {
     Out {
-        edge: src.edge.clone(),
+        edge: src.edge.to_string(),
         header: Egress::Reply { conn: src.conn },
         frame: Bytes::from(frame.to_json()),
     }
@@ -451,7 +451,7 @@ async fn replay(state: &AppState, src: &Source, conv: Uuid, after: u64) -> Resul
             frame.extend_from_slice(json.as_bytes());
         }
         outs.push(Out {
-            edge: src.edge.clone(),
+            edge: src.edge.to_string(),
             header: Egress::Replay {
                 conn: src.conn,
                 conv,
@@ -489,7 +489,7 @@ async fn welcome(state: &AppState, src: &Source) -> Result<Out> {
         .collect();
     let entries: Vec<(Uuid, Uuid, String)> = ids
         .iter()
-        .map(|c| (src.tenant, *c, src.edge.clone()))
+        .map(|c| (src.tenant, *c, src.edge.to_string()))
         .collect();
     state.fanout.register_conv_edges(&entries).await?;
     let rows = tx
@@ -504,7 +504,7 @@ async fn welcome(state: &AppState, src: &Source) -> Result<Out> {
         .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1) as u64))
         .collect();
     Ok(Out {
-        edge: src.edge.clone(),
+        edge: src.edge.to_string(),
         header: Egress::Welcome {
             conn: src.conn,
             subs,

@@ -306,7 +306,8 @@ impl Index {
 
 /// Every local connection and subscription of this edge.
 pub struct Hub {
-    conns: HashMap<u64, Conn>,
+    /// Boxed: the table's spare capacity then costs a pointer per slot, not a `Conn`.
+    conns: HashMap<u64, Box<Conn>>,
     by_conv: Index,
     by_principal: Index,
     reg: Registrar,
@@ -346,7 +347,7 @@ impl Hub {
         let conn = src.conn;
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 src,
                 out,
                 welcome: Some(welcome),
@@ -354,7 +355,7 @@ impl Hub {
                 early_bytes: 0,
                 welcome_tx: Some(tx),
                 subs: HashMap::new(),
-            },
+            }),
         );
         self.by_principal.insert(key, conn);
         let ack = self.reg.set_acked(RegKey::Principal {

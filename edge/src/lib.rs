@@ -63,6 +63,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// State shared by every task of one edge process.
 pub(crate) struct Ctx {
     pub config: Config,
+    /// `config.edge_id`, shared by every connection's bus identity.
+    pub edge_id: Arc<str>,
     pub keys: Keys,
     /// Commands (pipelined); the egress reader has its own connection.
     pub redis: Client,
@@ -208,6 +210,7 @@ pub async fn run(
         typing_permits: Arc::new(Semaphore::new(TYPING_FANOUTS)),
         pong: Bytes::from(ServerFrame::Pong.to_json()),
         redis_down: Mutex::new(None),
+        edge_id: Arc::from(config.edge_id.as_str()),
         config,
     });
     tracing::info!(edge_id = %ctx.config.edge_id, prefix = %ctx.keys.prefix(), "edge started");

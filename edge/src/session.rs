@@ -330,7 +330,7 @@ impl Session {
             return Err(End::Close(CloseCode::RateLimited.code()));
         };
         let src = Source {
-            edge: cfg.edge_id.clone(),
+            edge: self.ctx.edge_id.clone(),
             conn: self.conn,
             tenant: claims.tid,
             principal: claims.sub,

@@ -88,8 +88,9 @@ pub fn shard_of(id: Uuid, shards: u16) -> u16 {
 /// Where an ingress entry came from: enough for core-api to authorize it and answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
-    /// Edge id: the answer goes to `Keys::egress(edge)`.
-    pub edge: String,
+    /// Edge id: the answer goes to `Keys::egress(edge)`. Shared: every connection of an
+    /// edge carries the same one.
+    pub edge: std::sync::Arc<str>,
     /// Connection id on that edge.
     pub conn: u64,
     pub tenant: Uuid,
