@@ -224,17 +224,25 @@ impl SubOrder {
     }
 }
 
+/// A connection until core-api's `Welcome` arrived.
+struct Unwelcomed {
+    /// The `welcome` frame.
+    welcome: Bytes,
+    /// Frames for this connection produced before its `welcome` was sent.
+    early: Vec<Bytes>,
+    early_bytes: usize,
+    /// Told when the welcome was sent.
+    tx: oneshot::Sender<()>,
+}
+
 /// A connection as the hub knows it.
 struct Conn {
     src: Source,
     out: Outbound,
-    /// The `welcome` frame, until core-api's `Welcome` arrived.
-    welcome: Option<Bytes>,
-    /// Frames for this connection produced before its `welcome` was sent.
-    early: Vec<Bytes>,
-    early_bytes: usize,
-    welcome_tx: Option<oneshot::Sender<()>>,
-    subs: HashMap<Uuid, SubOrder>,
+    /// Boxed: only connections being welcomed need it.
+    unwelcomed: Option<Box<Unwelcomed>>,
+    /// An ordered map: no allocation while the connection has no subscription.
+    subs: BTreeMap<Uuid, SubOrder>,
 }
 
 impl Conn {
@@ -243,14 +251,14 @@ impl Conn {
     }
 
     fn push(&mut self, frame: Bytes, limit: usize) {
-        if self.welcome.is_some() {
-            self.early_bytes += frame.len();
-            if self.early_bytes > limit {
-                self.early.clear();
+        if let Some(u) = self.unwelcomed.as_mut() {
+            u.early_bytes += frame.len();
+            if u.early_bytes > limit {
+                u.early.clear();
                 metrics::counter!("relaydesk_edge_slow_consumer_closes_total").increment(1);
                 self.out.close_discarding(CloseCode::SlowConsumer.code());
             } else {
-                self.early.push(frame);
+                u.early.push(frame);
             }
         } else {
             self.out.send(frame);
@@ -350,11 +358,13 @@ impl Hub {
             Box::new(Conn {
                 src,
                 out,
-                welcome: Some(welcome),
-                early: Vec::new(),
-                early_bytes: 0,
-                welcome_tx: Some(tx),
-                subs: HashMap::new(),
+                unwelcomed: Some(Box::new(Unwelcomed {
+                    welcome,
+                    early: Vec::new(),
+                    early_bytes: 0,
+                    tx,
+                })),
+                subs: BTreeMap::new(),
             }),
         );
         self.by_principal.insert(key, conn);
@@ -417,7 +427,7 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(welcome) = c.welcome.take() else {
+        let Some(u) = c.unwelcomed.take() else {
             return;
         };
         let tenant = c.src.tenant;
@@ -429,14 +439,14 @@ impl Hub {
                 added.push(*conv);
             }
         }
+        let Unwelcomed {
+            welcome, early, tx, ..
+        } = *u;
         c.out.send(welcome);
-        for f in std::mem::take(&mut c.early) {
+        for f in early {
             c.out.send(f);
         }
-        c.early_bytes = 0;
-        if let Some(tx) = c.welcome_tx.take() {
-            let _ = tx.send(());
-        }
+        let _ = tx.send(());
         for conv in added {
             self.index_conv(tenant, conv, conn);
         }

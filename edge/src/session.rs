@@ -192,8 +192,8 @@ pub(crate) fn spawn_session(
     let conn = ctx.next_conn_id();
     let out = Outbound::new(ctx.config.outbound_queue_bytes);
     ctx.session_opened(conn, out.clone());
-    let link = Link::new(io, early, ctx.config.max_message_bytes, out.clone());
-    let session = Session {
+    let mut link = Link::new(io, early, ctx.config.max_message_bytes, out.clone());
+    let mut session = Session {
         ctx: ctx.clone(),
         conn,
         out,
@@ -204,12 +204,17 @@ pub(crate) fn spawn_session(
         limited: 0,
         _permit: permit,
     };
-    // Built before the task, so that the task's future holds each piece once.
-    ctx.tracker.spawn(run_session(link, session));
+    // An async block, not an async fn taking `link` and `session`: its captures are
+    // used in place, where an async fn's arguments would be stored twice in the task.
+    ctx.tracker.spawn(async move {
+        let end = session.run(&mut link).await;
+        // Boxed: only closing connections need room for it.
+        Box::pin(finish_session(link, session, end)).await;
+    });
 }
 
-async fn run_session(mut link: Link, mut session: Session) {
-    let end = session.run(&mut link).await;
+/// Closes the socket (unless gone), then removes the connection everywhere.
+async fn finish_session(mut link: Link, session: Session, end: End) {
     let (ctx, conn, out) = (session.ctx.clone(), session.conn, session.out.clone());
     match end {
         End::Close(code) => out.close(code),
@@ -217,8 +222,7 @@ async fn run_session(mut link: Link, mut session: Session) {
         End::Gone => out.finish(1006),
     }
     if end != End::Gone {
-        // Boxed: only closing connections need room for it.
-        Box::pin(link.finish(end == End::PeerClosed)).await;
+        link.finish(end == End::PeerClosed).await;
     }
     if let Some(src) = &session.src {
         ctx.hub().remove(conn);
