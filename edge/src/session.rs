@@ -666,6 +666,22 @@ fn unix_micros() -> u64 {
 mod tests {
     use super::*;
 
+    /// The per-connection state an idle socket keeps inside its task (see
+    /// docs/benchmarks.md for the whole breakdown): growing it costs every connection.
+    #[test]
+    fn per_connection_state_stays_small() {
+        assert!(
+            std::mem::size_of::<Link>() <= 160,
+            "{}",
+            std::mem::size_of::<Link>()
+        );
+        assert!(
+            std::mem::size_of::<Session>() <= 232,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
     #[test]
     fn ids_of_bad_frames() {
         assert_eq!(
