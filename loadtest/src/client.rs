@@ -52,11 +52,20 @@ pub fn body_t0(body: &Value) -> Option<u64> {
     body.get("t0")?.as_u64()
 }
 
-/// A `send` frame with the timestamp in both the id and the body.
-pub fn send_frame(tag: &str, n: u64, conv: Uuid) -> String {
+/// A `send` frame with the timestamp in both the id and the body. With `body_bytes`, the
+/// text is padded so that the serialized `body` object (`{"text":"…","t0":…}`) is that
+/// many bytes (or as small as it can be).
+pub fn send_frame(tag: &str, n: u64, conv: Uuid, body_bytes: Option<usize>) -> String {
     let t0 = unix_nanos();
+    let text = match body_bytes {
+        None => "loadtest".to_owned(),
+        Some(size) => {
+            let bare = json!({"text": "", "t0": t0}).to_string().len();
+            "x".repeat(size.saturating_sub(bare))
+        }
+    };
     json!({"t": "send", "id": message_id(tag, n, t0), "conv": conv, "kind": "text",
-           "body": {"text": "loadtest", "t0": t0}})
+           "body": {"text": text, "t0": t0}})
     .to_string()
 }
 
@@ -158,8 +167,12 @@ pub struct PeerState {
 /// Instructions to a peer's writer.
 #[derive(Debug)]
 pub enum Out {
-    /// Send message number `n` of this peer into `conv`.
-    Send { conv: Uuid, n: u64 },
+    /// Send message number `n` of this peer into `conv` (body size: [`send_frame`]).
+    Send {
+        conv: Uuid,
+        n: u64,
+        body_bytes: Option<usize>,
+    },
     /// Any other frame.
     Raw(String),
 }
@@ -168,6 +181,7 @@ pub enum Out {
 pub struct Peer {
     tx: mpsc::UnboundedSender<Out>,
     rec: Rec,
+    body_bytes: Option<usize>,
     reader: tokio::task::JoinHandle<PeerState>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -190,7 +204,11 @@ impl Peer {
         let mut wstop = stop.clone();
         let writer = tokio::spawn(async move {
             let frame = |o: Out| match o {
-                Out::Send { conv, n } => WsMessage::Text(send_frame(&tag, n, conv).into()),
+                Out::Send {
+                    conv,
+                    n,
+                    body_bytes,
+                } => WsMessage::Text(send_frame(&tag, n, conv, body_bytes).into()),
                 Out::Raw(s) => WsMessage::Text(s.into()),
             };
             loop {
@@ -254,15 +272,26 @@ impl Peer {
         Peer {
             tx,
             rec: wrec,
+            body_bytes: None,
             reader,
             writer,
         }
     }
 
+    /// From now on, pads each message's `body` to `bytes` (see [`send_frame`]).
+    pub fn with_body_bytes(mut self, bytes: Option<usize>) -> Peer {
+        self.body_bytes = bytes;
+        self
+    }
+
     /// Queues message `n` for `conv`; counted as sent now, stamped when written.
     pub fn send(&self, conv: Uuid, n: u64) {
         self.rec.add(stats::SENT, 1);
-        let _ = self.tx.send(Out::Send { conv, n });
+        let _ = self.tx.send(Out::Send {
+            conv,
+            n,
+            body_bytes: self.body_bytes,
+        });
     }
 
     pub fn raw(&self, frame: String) {
@@ -308,6 +337,20 @@ fn handle(st: &mut PeerState, rec: &Rec, f: ServerFrame, deliveries: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pads_bodies() {
+        let conv = Uuid::new_v4();
+        for size in [100, 1000] {
+            let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, Some(size))).unwrap();
+            assert_eq!(f["body"].to_string().len(), size);
+            assert!(body_t0(&f["body"]).is_some());
+        }
+        let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, Some(1))).unwrap();
+        assert_eq!(f["body"]["text"], "");
+        let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, None)).unwrap();
+        assert_eq!(f["body"]["text"], "loadtest");
+    }
 
     #[test]
     fn ids_carry_time() {

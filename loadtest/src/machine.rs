@@ -1,5 +1,6 @@
 //! The machine the harness runs on (cores, memory, kernel — from `/proc`), the harness's
-//! own CPU use (`/proc/self/stat`), and raising the open-file limit.
+//! own CPU use (`/proc/self/stat`), the whole machine's and some processes' CPU use over an
+//! interval ([`LoadClock`]), and raising the open-file limit.
 
 use std::time::Instant;
 
@@ -58,7 +59,16 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU time (user + system) this process has used, in seconds.
 pub fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may contain spaces: fields start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -92,6 +102,61 @@ impl CpuClock {
     }
 }
 
+/// The machine's CPU time from `/proc/stat` (all cores): (busy, total) ticks.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Measures, over an interval, how busy the whole machine was (a fraction of all its
+/// cores) and how many cores some other processes (e.g. the server under test) used.
+#[derive(Debug, Clone)]
+pub struct LoadClock {
+    wall: Instant,
+    machine: Option<(u64, u64)>,
+    pids: Vec<(u32, Option<f64>)>,
+}
+
+impl LoadClock {
+    pub fn start(pids: &[u32]) -> LoadClock {
+        LoadClock {
+            wall: Instant::now(),
+            machine: machine_ticks(),
+            pids: pids.iter().map(|&p| (p, process_cpu_seconds(p))).collect(),
+        }
+    }
+
+    /// Fraction (0–1) of all the machine's cores that were busy since the start.
+    pub fn machine_busy(&self) -> Option<f64> {
+        let (b0, t0) = self.machine?;
+        let (b1, t1) = machine_ticks()?;
+        (t1 > t0).then(|| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+    }
+
+    /// Cores used since the start by the processes given, together; `None` unless each
+    /// of them could be read at both ends.
+    pub fn processes_cores(&self) -> Option<f64> {
+        let wall = self.wall.elapsed().as_secs_f64();
+        if self.pids.is_empty() || wall <= 0.0 {
+            return None;
+        }
+        let mut used = 0.0;
+        for (pid, before) in &self.pids {
+            used += process_cpu_seconds(*pid)? - (*before)?;
+        }
+        Some(used / wall)
+    }
+}
+
 /// Raises the soft limit of open files to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -111,5 +176,17 @@ mod tests {
         let m = Machine::detect();
         assert!(m.cores >= 1);
         assert!(own_cpu_seconds().is_some());
+        assert!(process_cpu_seconds(std::process::id()).is_some());
+        let clock = LoadClock::start(&[std::process::id()]);
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(clock
+            .machine_busy()
+            .is_some_and(|b| (0.0..=1.0).contains(&b)));
+        assert!(clock.processes_cores().is_some_and(|c| c >= 0.0));
     }
 }

@@ -73,6 +73,9 @@ enum Cmd {
         /// Subscriber connections opened per second.
         #[arg(long, default_value_t = 1000.0)]
         connect_rate: f64,
+        /// Pad each message so that its serialized `body` is this many bytes.
+        #[arg(long)]
+        body_bytes: Option<usize>,
     },
     /// N clients drop at once and reconnect with resume.
     Storm {
@@ -266,6 +269,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             duration,
             grace,
             connect_rate,
+            body_bytes,
         } => {
             let c = common.common()?;
             let cfg = fanout::FanoutConfig {
@@ -275,6 +279,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 duration,
                 grace,
                 connect_rate,
+                body_bytes,
             };
             (common, fanout::run(&c, &cfg).await?)
         }

@@ -169,6 +169,11 @@ impl Fleet {
         Ok(())
     }
 
+    /// Process ids of the worker processes (none when the pools run in this process).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|c| c.id()).collect()
+    }
+
     pub fn pools(&self) -> usize {
         self.cmds.len()
     }

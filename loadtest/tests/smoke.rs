@@ -204,6 +204,7 @@ async fn fanout_delivers_to_every_subscriber() {
         duration: Duration::from_secs(2),
         grace: Duration::from_secs(5),
         connect_rate: 500.0,
+        body_bytes: Some(100),
     };
     let r = fanout::run(&common, &cfg).await.unwrap();
     clean(&r);

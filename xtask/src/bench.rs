@@ -5,7 +5,8 @@
 //! `loadtest` in release, runs connect, chat at increasing rates up to saturation, fanout,
 //! storm and a one-minute soak, writes each report to `docs/bench/` (JSON and HTML) and
 //! rewrites `docs/benchmarks.md` with the machine, the commands, a table of the figures
-//! (with each process's memory drift under the soak) and links.
+//! (with each process's memory drift under the soak) and links, among them to
+//! `docs/bench/fanout-vs-bun.md` when `cargo xtask bench-fanout` has written it.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,9 @@ use crate::services::run_child;
 use crate::{cargo, check_interrupted, rel, step, up};
 
 /// One run of the suite.
-struct Run {
-    name: String,
-    args: Vec<String>,
+pub(crate) struct Run {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
 }
 
 pub async fn run(root: &Path) -> Result<u8> {
@@ -46,7 +47,7 @@ pub async fn run(root: &Path) -> Result<u8> {
     result
 }
 
-fn env_value(env_file: &Path, key: &str) -> Option<String> {
+pub(crate) fn env_value(env_file: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(env_file).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once('=')?;
@@ -54,7 +55,7 @@ fn env_value(env_file: &Path, key: &str) -> Option<String> {
     })
 }
 
-async fn stack_ready(env_file: &Path) -> bool {
+pub(crate) async fn stack_ready(env_file: &Path) -> bool {
     let Some(core) = env_value(env_file, "CORE_URL") else {
         return false;
     };
@@ -68,7 +69,7 @@ async fn stack_ready(env_file: &Path) -> bool {
 }
 
 /// Edge pids from `.relaydesk/dev/pids` (`edge-1=…`), in order.
-fn edge_pids(root: &Path) -> Vec<String> {
+pub(crate) fn edge_pids(root: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(root.join(".relaydesk").join("dev").join("pids"))
         .unwrap_or_default();
     let mut pids: Vec<(String, String)> = text
@@ -81,13 +82,13 @@ fn edge_pids(root: &Path) -> Vec<String> {
     pids.into_iter().map(|(_, v)| v).collect()
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
-fn args(s: &str) -> Vec<String> {
+pub(crate) fn args(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
@@ -201,7 +202,7 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
 }
 
 /// Runs one scenario; a failed gate is a result, not an error.
-async fn one(
+pub(crate) async fn one(
     root: &Path,
     bin: &Path,
     out: &Path,
@@ -241,7 +242,7 @@ async fn one(
     ))
 }
 
-fn f(v: &Value) -> String {
+pub(crate) fn f(v: &Value) -> String {
     v.as_f64()
         .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}"))
 }
@@ -336,6 +337,9 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
                 let _ = writeln!(md, "- {}: {}", run.name, w.as_str().unwrap_or(""));
             }
         }
+    }
+    if crate::bench_fanout::page(root).is_file() {
+        md.push_str("\n## Fan-out against Bun\n\nOne edge's fan-out side by side with Bun's built-in WebSocket pub/sub, same client, same run (`cargo xtask bench-fanout`, which this suite does not rerun): [bench/fanout-vs-bun.md](bench/fanout-vs-bun.md).\n");
     }
     md.push_str("\n## Commands\n\n```sh\n");
     for (run, _) in runs {

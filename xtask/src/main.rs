@@ -4,6 +4,7 @@
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
 //! - `bench`: the standard load suite (`loadtest`), reports in `docs/bench/`.
+//! - `bench-fanout`: one edge's fan-out side by side with Bun's pub/sub (`bench/bun/`).
 //!
 //! Nothing here ever touches a system PostgreSQL or Redis: every instance is private, listens on
 //! a free port of 127.0.0.1 and keeps its data under `<workspace>/.relaydesk/`.
@@ -18,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 mod bench;
+mod bench_fanout;
 mod services;
 mod test;
 mod up;
@@ -53,6 +55,44 @@ enum Command {
     Down,
     /// Run the standard load suite; reports go to docs/bench/ and docs/benchmarks.md.
     Bench,
+    /// Compare one edge's fan-out with Bun's built-in pub/sub (bench/bun/), same client,
+    /// same run; writes docs/bench/fanout-vs-bun.md.
+    BenchFanout {
+        /// Subscribers to the one conversation; several (comma-separated) run the whole
+        /// set of points for each.
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        subscribers: Vec<usize>,
+        /// The saturating rate, msg/s over all publishers (the steady one is 20).
+        #[arg(long, default_value_t = 100.0)]
+        saturation_rate: f64,
+        /// Sending time of each point, in seconds.
+        #[arg(long, default_value_t = 10, value_parser = parse_secs)]
+        duration: u64,
+        /// How long a saturating point waits for its backlog, in seconds.
+        #[arg(long, default_value_t = 30, value_parser = parse_secs)]
+        saturation_grace: u64,
+        /// Subscribers per loadtest process (more are spread over worker processes);
+        /// default: half of them, two workers.
+        #[arg(long)]
+        per_process: Option<usize>,
+        /// Size of each message's serialized body.
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
+        /// Subscriber connections opened per second (at 1000/s some hellos to the edge
+        /// exceed its 5 s core-api timeout on a busy 2-core machine).
+        #[arg(long, default_value_t = 500.0)]
+        connect_rate: f64,
+        /// Run nothing: rewrite docs/bench/fanout-vs-bun.md from the last run's reports.
+        #[arg(long)]
+        from_reports: bool,
+    },
+}
+
+/// Seconds, with an optional `s` suffix.
+fn parse_secs(s: &str) -> Result<u64, String> {
+    s.trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?}: expected whole seconds, e.g. 10 or 10s"))
 }
 
 fn main() -> ExitCode {
@@ -75,6 +115,28 @@ fn main() -> ExitCode {
             Command::Up { detach } => up::up(&root, detach).await,
             Command::Down => up::down(&root).map(|()| 0),
             Command::Bench => bench::run(&root).await,
+            Command::BenchFanout {
+                subscribers,
+                saturation_rate,
+                duration,
+                saturation_grace,
+                per_process,
+                body_bytes,
+                connect_rate,
+                from_reports,
+            } => {
+                let opts = bench_fanout::Options {
+                    subscribers,
+                    saturation_rate,
+                    duration: std::time::Duration::from_secs(duration),
+                    saturation_grace: std::time::Duration::from_secs(saturation_grace),
+                    per_process,
+                    body_bytes,
+                    connect_rate,
+                    from_reports,
+                };
+                bench_fanout::run(&root, &opts).await
+            }
         }
     });
     match result {

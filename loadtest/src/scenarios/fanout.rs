@@ -1,6 +1,9 @@
 //! `fanout`: S admin connections subscribed (`sub`) to one conversation, P publishers
 //! sending into it at a total rate; measures deliveries per second and delivery latency
-//! (from the `t0` the body carries), and counts what each subscriber missed.
+//! (from the `t0` the body carries), and counts what each subscriber missed. Bodies can be
+//! padded to a size (`body_bytes`). While sending it also measures how busy the machine was
+//! and the cores the harness and the `--edge-pid` processes used, to tell a server's limit
+//! from the machine's.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{finish_report, schedule, settle, Common, Live};
 use crate::client::{self, Peer};
-use crate::machine::CpuClock;
+use crate::machine::{CpuClock, LoadClock};
 use crate::pool::{Event, PoolTask};
 use crate::report::Report;
 use crate::stats::{self, Rec};
@@ -29,6 +32,9 @@ pub struct FanoutConfig {
     pub grace: Duration,
     /// Subscriber connections opened per second.
     pub connect_rate: f64,
+    /// Size of each message's serialized `body`; `None`: a short fixed text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
 }
 
 impl Default for FanoutConfig {
@@ -40,6 +46,7 @@ impl Default for FanoutConfig {
             duration: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             connect_rate: 1000.0,
+            body_bytes: None,
         }
     }
 }
@@ -96,22 +103,32 @@ pub async fn run(common: &Common, cfg: &FanoutConfig) -> Result<Report> {
             client::connect(common.edge(i), None, &token, common.connect_timeout).await?;
         rec.record(stats::CONNECT, took);
         rec.connections(1);
-        pubs.push(Peer::start(
-            ws,
-            w.principal,
-            format!("p{i}-"),
-            rec.clone(),
-            stop.clone(),
-            false,
-        ));
+        pubs.push(
+            Peer::start(
+                ws,
+                w.principal,
+                format!("p{i}-"),
+                rec.clone(),
+                stop.clone(),
+                false,
+            )
+            .with_body_bytes(cfg.body_bytes),
+        );
     }
     let p = pubs.len() as u64;
     let send_start = std::time::Instant::now();
+    let load = LoadClock::start(&common.target.edge_pids);
+    let mut harness_pids = fleet.pids();
+    harness_pids.push(std::process::id());
+    let harness = LoadClock::start(&harness_pids);
     schedule(cfg.rate, cfg.duration, None, &rec, |i| {
         pubs[(i % p) as usize].send(conv, i);
     })
     .await;
     let send_secs = send_start.elapsed().as_secs_f64();
+    let machine_busy = load.machine_busy();
+    let edge_cores = load.processes_cores();
+    let harness_cores = harness.processes_cores();
     settle(cfg.grace, || {
         let t = rec.total();
         let acc = t.count(stats::ACCEPTED);
@@ -145,6 +162,18 @@ pub async fn run(common: &Common, cfg: &FanoutConfig) -> Result<Report> {
     report.workers = workers;
     report.extra.insert("subscribers_ready".into(), ok as f64);
     report.extra.insert("head_seq".into(), head as f64);
+    // While sending: how busy the whole machine was (0–1 of all cores; near 1, the harness
+    // and the server competed for CPU), and the cores the harness's processes and the
+    // `--edge-pid` processes used.
+    for (name, v) in [
+        ("machine_busy_while_sending", machine_busy),
+        ("harness_cores_while_sending", harness_cores),
+        ("edge_cores_while_sending", edge_cores),
+    ] {
+        if let Some(v) = v {
+            report.extra.insert(name.into(), v);
+        }
+    }
     if failed > 0 {
         report.failures.push(format!(
             "{failed} of {} subscribers failed to connect",
