@@ -193,6 +193,43 @@ async fn connect_holds_connections() {
     assert!(mem.after.iter().all(|s| s.connections.is_some()), "{mem:?}");
 }
 
+/// The command line: a passing gate exits 0, a failing one 1 (what CI pipelines see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_code_follows_the_gates() {
+    let stack = start(1).await;
+    let t = &stack.target;
+    let run = |slo: &'static str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        cmd.args([
+            "connect",
+            "--core",
+            &t.core,
+            "--operator-token",
+            &t.operator_token,
+        ])
+        .args(["--edge", &t.edges[0]])
+        .args(["--connections", "5", "--rate", "50", "--hold", "200ms"])
+        .args(["--quiet", "--slo", slo])
+        .kill_on_drop(true);
+        async move { cmd.output().await.unwrap() }
+    };
+    let ok = run("loss=0").await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let failed = run("p99<1us").await;
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("FAIL"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_to_every_subscriber() {
     let stack = start(2).await;
