@@ -405,20 +405,10 @@ impl Hub {
         }
     }
 
-    /// The bus identity of a connection.
-    pub fn source(&self, conn: u64) -> Option<&Source> {
-        self.conns.get(&conn).map(|c| &c.src)
-    }
-
     pub fn is_subscribed(&self, conn: u64, conv: Uuid) -> bool {
         self.conns
             .get(&conn)
             .is_some_and(|c| c.subs.contains_key(&conv))
-    }
-
-    /// Every local connection's outbound queue.
-    pub fn outbounds(&self) -> Vec<Outbound> {
-        self.conns.values().map(|c| c.out.clone()).collect()
     }
 
     /// core-api's `Welcome`: live subscriptions from each head, then the `welcome` frame,

@@ -34,6 +34,8 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 /// Frames per vectored write (two slices each; well under `IOV_MAX`).
 const FRAMES_PER_WRITE: usize = 64;
+/// Frames per vectored write when that few are queued (the common case).
+const SMALL_BATCH: usize = 4;
 /// Vectored writes per [`Writer::flush`] call before yielding to other connections.
 const WRITES_PER_FLUSH: usize = 16;
 /// Longest frame header (2 + 8 length bytes) plus room for a close code.
@@ -197,25 +199,23 @@ impl Outbound {
 
     /// Closes after everything already queued has been written.
     pub fn close(&self, code: u16) {
-        self.set_close(code, false);
+        self.set_close(code, code, false);
     }
 
     /// Closes now: drops everything queued, then writes the close frame.
     pub fn close_discarding(&self, code: u16) {
-        self.set_close(code, true);
+        self.set_close(code, code, true);
     }
 
     /// Answers the peer's close frame with its code (1000 when it gave none).
+    /// The connection's code is the peer's (1005, "no status", when it gave none).
     pub fn close_echo(&self, code: Option<u16>) {
-        let mut s = self.lock();
-        if s.code.is_none() {
-            s.code = Some(code.unwrap_or(1005));
-        }
-        drop(s);
-        self.set_close(code.unwrap_or(1000), false);
+        self.set_close(code.unwrap_or(1005), code.unwrap_or(1000), false);
     }
 
-    fn set_close(&self, code: u16, discard: bool) {
+    /// Records `code` as the connection's close code (unless one is set) and queues a
+    /// close frame carrying `send`.
+    fn set_close(&self, code: u16, send: u16, discard: bool) {
         let mut s = self.lock();
         if s.code.is_none() {
             s.code = Some(code);
@@ -226,7 +226,7 @@ impl Outbound {
                 s.bytes = 0;
                 s.discard = true;
             }
-            s.close = Some(code);
+            s.close = Some(send);
         }
         drop(s);
         self.inner.closing.store(true, Ordering::Release);
@@ -277,6 +277,7 @@ impl Outbound {
     }
 
     /// Bytes of text frames queued or being written.
+    #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }
@@ -373,70 +374,91 @@ impl Writer {
                 self.pending = VecDeque::new();
                 return Ok(Flushed::Idle);
             }
-            let n = self.pending.len().min(FRAMES_PER_WRITE);
-            // Encoded frame lengths, kept past the write (the slices borrow the queue).
-            let mut lens = [0usize; FRAMES_PER_WRITE];
-            let written = {
-                let mut headers = [[0u8; HEADER_MAX]; FRAMES_PER_WRITE];
-                let mut parts: [(usize, &[u8]); FRAMES_PER_WRITE] = [(0, &[]); FRAMES_PER_WRITE];
-                for (i, item) in self.pending.iter().take(n).enumerate() {
-                    parts[i] = item.encode(&mut headers[i]);
-                    lens[i] = parts[i].0 + parts[i].1.len();
-                }
-                let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
-                let mut k = 0;
-                let mut skip = self.head;
-                for (i, (hlen, payload)) in parts.iter().take(n).enumerate() {
-                    let hdr = &headers[i][..*hlen];
-                    let h = skip.min(hdr.len());
-                    if h < hdr.len() {
-                        slices[k] = IoSlice::new(&hdr[h..]);
-                        k += 1;
-                    }
-                    skip -= h;
-                    let p = skip.min(payload.len());
-                    if p < payload.len() {
-                        slices[k] = IoSlice::new(&payload[p..]);
-                        k += 1;
-                    }
-                    skip -= p;
-                }
-                io.try_write_vectored(&slices[..k])
+            // Stack arrays sized for the batch: most flushes carry a frame or two, and a
+            // 64-frame set of arrays would be zeroed for each of them.
+            let done = if self.pending.len() <= SMALL_BATCH {
+                self.write_batch::<SMALL_BATCH, { SMALL_BATCH * 2 }>(io, out)?
+            } else {
+                self.write_batch::<FRAMES_PER_WRITE, { FRAMES_PER_WRITE * 2 }>(io, out)?
             };
-            let mut wrote = match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                Err(e) => return Err(e),
-            };
-            let mut texts = 0u64;
-            let mut text_bytes = 0usize;
-            for len in lens.iter().take(n) {
-                let left = len - self.head;
-                if wrote < left {
-                    self.head += wrote;
-                    break;
-                }
-                wrote -= left;
-                self.head = 0;
-                match self.pending.pop_front() {
-                    Some(Out::Close(_)) => {
-                        out.written(text_bytes);
-                        return Ok(Flushed::Closed);
-                    }
-                    Some(Out::Text(b)) => {
-                        texts += 1;
-                        text_bytes += b.len();
-                    }
-                    _ => {}
-                }
-            }
-            out.written(text_bytes);
-            if texts > 0 {
-                metrics::counter!("relaydesk_edge_frames_out_total").increment(texts);
+            if let Some(flushed) = done {
+                return Ok(flushed);
             }
         }
         Ok(Flushed::More)
+    }
+
+    /// One vectored write of up to `N` queued frames (`S` = 2 `N` slices), then drops
+    /// what was written from the queue. `Some` when the flush ends here.
+    fn write_batch<const N: usize, const S: usize>(
+        &mut self,
+        io: &TcpStream,
+        out: &Outbound,
+    ) -> io::Result<Option<Flushed>> {
+        let n = self.pending.len().min(N);
+        // Encoded frame lengths, kept past the write (the slices borrow the queue).
+        let mut lens = [0usize; N];
+        let written = {
+            let mut headers = [[0u8; HEADER_MAX]; N];
+            let mut parts: [(usize, &[u8]); N] = [(0, &[]); N];
+            for (i, item) in self.pending.iter().take(n).enumerate() {
+                parts[i] = item.encode(&mut headers[i]);
+                lens[i] = parts[i].0 + parts[i].1.len();
+            }
+            let mut slices = [IoSlice::new(&[]); S];
+            let mut k = 0;
+            let mut skip = self.head;
+            for (i, (hlen, payload)) in parts.iter().take(n).enumerate() {
+                let hdr = &headers[i][..*hlen];
+                let h = skip.min(hdr.len());
+                if h < hdr.len() {
+                    slices[k] = IoSlice::new(&hdr[h..]);
+                    k += 1;
+                }
+                skip -= h;
+                let p = skip.min(payload.len());
+                if p < payload.len() {
+                    slices[k] = IoSlice::new(&payload[p..]);
+                    k += 1;
+                }
+                skip -= p;
+            }
+            io.try_write_vectored(&slices[..k])
+        };
+        let mut wrote = match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Flushed::Blocked)),
+            Err(e) => return Err(e),
+        };
+        let mut texts = 0u64;
+        let mut text_bytes = 0usize;
+        let mut closed = false;
+        for len in lens.iter().take(n) {
+            let left = len - self.head;
+            if wrote < left {
+                self.head += wrote;
+                break;
+            }
+            wrote -= left;
+            self.head = 0;
+            match self.pending.pop_front() {
+                Some(Out::Close(_)) => {
+                    closed = true;
+                    break;
+                }
+                Some(Out::Text(b)) => {
+                    texts += 1;
+                    text_bytes += b.len();
+                }
+                _ => {}
+            }
+        }
+        out.written(text_bytes);
+        if texts > 0 {
+            metrics::counter!("relaydesk_edge_frames_out_total").increment(texts);
+        }
+        Ok(closed.then_some(Flushed::Closed))
     }
 }
 

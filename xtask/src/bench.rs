@@ -247,25 +247,27 @@ pub(crate) fn f(v: &Value) -> String {
         .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}"))
 }
 
+/// The machine a report ran on, in one line: cores (model), memory, kernel.
+pub(crate) fn machine(report: &Value) -> String {
+    let m = &report["machine"];
+    format!(
+        "{} cores ({}), {:.1} GiB, {}",
+        m["cores"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["memory_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30),
+        m["kernel"].as_str().unwrap_or("?"),
+    )
+}
+
 fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\nWritten by `cargo xtask bench` (the `loadtest` crate against a local `cargo xtask up` stack: one core-api, two edges, PostgreSQL and Redis, all on the same machine as the harness). Rerun it to refresh this page.\n\n");
-    if let Some(m) = runs
-        .iter()
-        .find_map(|(_, r)| r.as_ref())
-        .map(|r| &r["machine"])
-    {
+    if let Some(r) = runs.iter().find_map(|(_, r)| r.as_ref()) {
         let _ = writeln!(
             md,
-            "## Machine\n\n- {} cores ({})\n- {:.1} GiB memory\n- kernel: {}\n- loadtest {}\n",
-            m["cores"],
-            m["cpu_model"].as_str().unwrap_or("?"),
-            m["memory_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30),
-            m["kernel"].as_str().unwrap_or("?"),
-            runs.iter()
-                .find_map(|(_, r)| r.as_ref())
-                .and_then(|r| r["version"].as_str())
-                .unwrap_or("?")
+            "## Machine\n\n- {}\n- loadtest {}\n",
+            machine(r),
+            r["version"].as_str().unwrap_or("?")
         );
     }
     md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat, fanout and soak: send → delivered to the other party; storm: drop → resumed and caught up). Under the soak (idle connections, chat, periodic resumes), each process's resident memory drift: its growth from the first sample after the warm-up to the last.\n\n");

@@ -426,18 +426,11 @@ fn write_markdown(
         "- **bun**: `bench/bun/server.js` under Bun {bun_version} (npm package `bun`): `server.publish` of one frame serialized once per message to the conversation's topic. No persistence, no token check, no replay: a lower bound for any real system."
     );
     md.push_str("- Both get their world (tenant, admins, conversation, connection tokens) from the same core-api. Subscribers are spread over `loadtest` worker processes (`--per-process`, by default two, so that the main process only keeps the send schedule) and connect at `--connect-rate` per second before the publishers start.\n");
-    if let Some(m) = runs
-        .iter()
-        .find_map(|(_, r)| r.as_ref())
-        .map(|r| &r["machine"])
-    {
+    if let Some(r) = runs.iter().find_map(|(_, r)| r.as_ref()) {
         let _ = writeln!(
             md,
-            "- **Machine**: {} cores ({}), {:.1} GiB, {}; server, stack and harness all on it.",
-            m["cores"],
-            m["cpu_model"].as_str().unwrap_or("?"),
-            m["memory_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30),
-            m["kernel"].as_str().unwrap_or("?"),
+            "- **Machine**: {}; server, stack and harness all on it.",
+            bench::machine(r)
         );
     }
     md.push_str("\n## Results\n\n");
