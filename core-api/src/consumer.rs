@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use futures::StreamExt;
 use relaydesk_shared::bus::{self, Egress, Ingress, Source};
 use relaydesk_shared::wire::{Accepted, Actor, Message, ServerFrame};
 use tokio_util::sync::CancellationToken;
@@ -314,15 +313,9 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
     for (src, conv, after) in subs {
         outs.extend(replay(state, src, conv, after).await?);
     }
-    // Hellos arrive in storms (every client reconnecting): answer them concurrently.
-    let welcomes: Vec<Result<Out>> = futures::stream::iter(hellos.into_iter().cloned())
-        .map(|src: Source| async move { welcome(state, &src).await })
-        .buffer_unordered(state.config.database_pool.max(1))
-        .collect()
-        .await;
-    for w in welcomes {
-        outs.push(w?);
-    }
+    // Hellos arrive in storms (every client reconnecting): answered together, with a
+    // few queries per tenant rather than per connection.
+    outs.extend(welcome(state, &hellos).await?);
     if !receipts.is_empty() {
         store::store_receipts(&state.pool, &receipts).await?;
         outs.extend(read_events(state, &reads).await?);
@@ -470,47 +463,108 @@ async fn replay(state: &AppState, src: &Source, conv: Uuid, after: u64) -> Resul
     Ok(outs)
 }
 
-/// Answers a `hello`: registers the connection's edge for the principal's open
-/// conversations, then reads their heads (after registering, so nothing committed in
-/// between can be missed live).
-async fn welcome(state: &AppState, src: &Source) -> Result<Out> {
+/// Answers a batch's `hello`s: registers each connection's edge for its principal's
+/// open conversations, then reads their heads (after registering, so nothing committed
+/// in between can be missed live). One transaction, two queries per tenant in the batch
+/// and one Redis pipeline, however many connections said hello.
+async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
+    if hellos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_tenant: BTreeMap<Uuid, Vec<&Source>> = BTreeMap::new();
+    for src in hellos {
+        by_tenant.entry(src.tenant).or_default().push(src);
+    }
     let mut client = state.pool.get().await?;
-    let tx = crate::db::tenant_tx(&mut client, src.tenant).await?;
-    let sql = if src.role.is_staff() {
-        "SELECT id FROM conversations WHERE tenant_id = $1 AND assignee_id = $2 AND status = 'assigned'"
-    } else {
-        "SELECT id FROM conversations WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'resolved'"
-    };
-    let ids: Vec<Uuid> = tx
-        .query(sql, &[&src.tenant, &src.principal])
-        .await?
+    let tx = client.transaction().await?;
+
+    // Each principal's open conversations: assigned ones for staff, unresolved ones for
+    // visitors.
+    let mut open: HashMap<(Uuid, Uuid), Vec<Uuid>> = HashMap::new();
+    for (tenant, srcs) in &by_tenant {
+        crate::db::set_tenant(&tx, *tenant).await?;
+        let (staff, visitors): (Vec<&Source>, Vec<&Source>) =
+            srcs.iter().partition(|s| s.role.is_staff());
+        for (who, sql) in [
+            (
+                staff,
+                "SELECT assignee_id, id FROM conversations \
+                 WHERE tenant_id = $1 AND assignee_id = ANY($2) AND status = 'assigned'",
+            ),
+            (
+                visitors,
+                "SELECT visitor_id, id FROM conversations \
+                 WHERE tenant_id = $1 AND visitor_id = ANY($2) AND status <> 'resolved'",
+            ),
+        ] {
+            if who.is_empty() {
+                continue;
+            }
+            let principals: Vec<Uuid> = who.iter().map(|s| s.principal).collect();
+            for row in tx.query(sql, &[tenant, &principals]).await? {
+                open.entry((*tenant, row.get(0)))
+                    .or_default()
+                    .push(row.get(1));
+            }
+        }
+    }
+
+    let entries: Vec<(Uuid, Uuid, String)> = hellos
         .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let entries: Vec<(Uuid, Uuid, String)> = ids
-        .iter()
-        .map(|c| (src.tenant, *c, src.edge.to_string()))
+        .flat_map(|src| {
+            let convs = open.get(&(src.tenant, src.principal));
+            convs
+                .into_iter()
+                .flatten()
+                .map(|c| (src.tenant, *c, src.edge.to_string()))
+        })
         .collect();
     state.fanout.register_conv_edges(&entries).await?;
-    let rows = tx
-        .query(
-            "SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = ANY($2)",
-            &[&src.tenant, &ids],
-        )
-        .await?;
+
+    let mut heads: HashMap<(Uuid, Uuid), u64> = HashMap::new();
+    for tenant in by_tenant.keys() {
+        let mut ids: Vec<Uuid> = open
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .flat_map(|(_, convs)| convs.iter().copied())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        ids.sort();
+        ids.dedup();
+        crate::db::set_tenant(&tx, *tenant).await?;
+        let rows = tx
+            .query(
+                "SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = ANY($2)",
+                &[tenant, &ids],
+            )
+            .await?;
+        for r in rows {
+            heads.insert((*tenant, r.get(0)), r.get::<_, i64>(1) as u64);
+        }
+    }
     tx.commit().await?;
-    let subs = rows
+
+    Ok(hellos
         .iter()
-        .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1) as u64))
-        .collect();
-    Ok(Out {
-        edge: src.edge.to_string(),
-        header: Egress::Welcome {
-            conn: src.conn,
-            subs,
-        },
-        frame: Bytes::new(),
-    })
+        .map(|src| {
+            let subs = open
+                .get(&(src.tenant, src.principal))
+                .into_iter()
+                .flatten()
+                .filter_map(|c| heads.get(&(src.tenant, *c)).map(|h| (*c, *h)))
+                .collect();
+            Out {
+                edge: src.edge.to_string(),
+                header: Egress::Welcome {
+                    conn: src.conn,
+                    subs,
+                },
+                frame: Bytes::new(),
+            }
+        })
+        .collect())
 }
 
 /// `read` frames for the other participants of each conversation.

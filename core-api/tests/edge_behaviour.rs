@@ -329,7 +329,7 @@ async fn a_socket_that_never_says_hello_is_closed_4501_after_the_hello_timeout()
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_per_address_cap_are_dropped_without_an_answer() {
+async fn connections_over_the_per_address_cap_are_refused_429() {
     let stack = Stack::start_custom(1, false, |c| {
         c.max_connections_per_ip = 2;
         // The held connections never authenticate.
@@ -346,16 +346,15 @@ async fn connections_over_the_per_address_cap_are_dropped_without_an_answer() {
         let tcp = tcp_connect(&addr, a, None).await.unwrap();
         held.push(Ws::over(url, tcp).await.expect("under the cap"));
     }
-    // The third from the same address: accepted by the kernel, then dropped by the edge
-    // before any HTTP answer.
+    // The third from the same address: answered 429 with Retry-After, then closed.
     let mut s = tcp_connect(&addr, a, None).await.unwrap();
     let _ = s.write_all(UPGRADE.as_bytes()).await;
     let (got, closed) = read_to_close(&mut s, WAIT).await;
     assert!(closed, "a connection over the cap was kept open");
+    let got = String::from_utf8_lossy(&got);
     assert!(
-        got.is_empty(),
-        "expected no answer, got {:?}",
-        String::from_utf8_lossy(&got)
+        got.starts_with("HTTP/1.1 429 ") && got.contains("retry-after: 1"),
+        "expected 429 with Retry-After, got {got:?}"
     );
     let tcp = tcp_connect(&addr, a, None).await.unwrap();
     assert!(Ws::over(url, tcp).await.is_err());
