@@ -6,7 +6,8 @@
 //! storm and a one-minute soak, writes each report to `docs/bench/` (JSON and HTML) and
 //! rewrites `docs/benchmarks.md` with the machine, the commands, a table of the figures
 //! (with each process's memory drift under the soak) and links, among them to
-//! `docs/bench/fanout-vs-bun.md` when `cargo xtask bench-fanout` has written it.
+//! `docs/bench/fanout-vs-bun.md` and `docs/bench/scale.md` when `cargo xtask bench-fanout`
+//! and `cargo xtask bench-scale` have written them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub async fn run(root: &Path) -> Result<u8> {
         false
     } else {
         step("no running stack: starting one (as `cargo xtask up --detach`)");
-        up::up(root, true).await?;
+        up::up(root, true, 2).await?;
         true
     };
     let result = suite(root, &env_file).await;
@@ -78,7 +79,12 @@ pub(crate) fn edge_pids(root: &Path) -> Vec<String> {
         .filter(|(k, _)| k.starts_with("edge-"))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect();
-    pids.sort();
+    // By number: edge-10 after edge-9.
+    pids.sort_by_key(|(k, _)| {
+        k.trim_start_matches("edge-")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
     pids.into_iter().map(|(_, v)| v).collect()
 }
 
@@ -342,6 +348,9 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
     }
     if crate::bench_fanout::page(root).is_file() {
         md.push_str("\n## Fan-out against Bun\n\nOne edge's fan-out side by side with Bun's built-in WebSocket pub/sub, same client, same run (`cargo xtask bench-fanout`, which this suite does not rerun): [bench/fanout-vs-bun.md](bench/fanout-vs-bun.md).\n");
+    }
+    if root.join("docs").join("bench").join("scale.md").is_file() {
+        md.push_str("\n## Concurrent connections\n\nThe most sockets the machine holds, over several edge and loadtest processes (`cargo xtask bench-scale`, which this suite does not rerun): [bench/scale.md](bench/scale.md).\n");
     }
     md.push_str("\n## Commands\n\n```sh\n");
     for (run, _) in runs {

@@ -67,7 +67,7 @@ pub async fn run(root: &Path, opts: &Options) -> Result<u8> {
         false
     } else {
         step("no running stack: starting one (as `cargo xtask up --detach`)");
-        up::up(root, true).await?;
+        up::up(root, true, 2).await?;
         true
     };
     let result = compare(root, &env_file, opts).await;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod bench_fanout;
+mod bench_scale;
 mod services;
 mod test;
 mod up;
@@ -50,11 +51,29 @@ enum Command {
         /// Leave everything running in the background; stop it with `cargo xtask down`.
         #[arg(long)]
         detach: bool,
+        /// Edge processes to start (each holds up to 19,000 sockets).
+        #[arg(long, default_value_t = 2)]
+        edges: usize,
     },
     /// Stop what `cargo xtask up --detach` started.
     Down,
     /// Run the standard load suite; reports go to docs/bench/ and docs/benchmarks.md.
     Bench,
+    /// Hold the most concurrent sockets the machine allows, over as many edge and
+    /// loadtest processes as needed; writes docs/bench/scale.md.
+    BenchScale {
+        #[arg(long, default_value_t = 200_000)]
+        connections: usize,
+        /// New connections per second, all workers together.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// How long to hold them, in seconds.
+        #[arg(long, default_value_t = 300, value_parser = parse_secs)]
+        hold: u64,
+        /// Sockets per loadtest process (each on its own loopback source address).
+        #[arg(long, default_value_t = 18_000)]
+        per_process: usize,
+    },
     /// Compare one edge's fan-out with Bun's built-in pub/sub (bench/bun/), same client,
     /// same run; writes docs/bench/fanout-vs-bun.md.
     BenchFanout {
@@ -112,9 +131,23 @@ fn main() -> ExitCode {
         let root = workspace_root()?;
         match cli.command {
             Command::Test { no_lint, args } => test::run(&root, no_lint, &args).await,
-            Command::Up { detach } => up::up(&root, detach).await,
+            Command::Up { detach, edges } => up::up(&root, detach, edges).await,
             Command::Down => up::down(&root).map(|()| 0),
             Command::Bench => bench::run(&root).await,
+            Command::BenchScale {
+                connections,
+                rate,
+                hold,
+                per_process,
+            } => {
+                let opts = bench_scale::Options {
+                    connections,
+                    rate,
+                    hold: std::time::Duration::from_secs(hold),
+                    per_process,
+                };
+                bench_scale::run(&root, &opts).await
+            }
             Command::BenchFanout {
                 subscribers,
                 saturation_rate,

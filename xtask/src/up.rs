@@ -1,5 +1,5 @@
 //! `cargo xtask up` and `cargo xtask down`: a local Relaydesk (PostgreSQL, Redis, one core-api,
-//! two edges) with its files in `.relaydesk/dev/`, plus a demo tenant and agent.
+//! two edges or `--edges N`) with its files in `.relaydesk/dev/`, plus a demo tenant and agent.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,17 @@ const INGRESS_SHARDS: &str = "16";
 const REDIS_PREFIX: &str = "rd";
 const DEMO_AGENT_EMAIL: &str = "agent@demo.test";
 
+/// Edge processes `up` starts at most (each holds up to 19,000 sockets).
+pub const MAX_EDGES: usize = 32;
+
 fn dev_dir(root: &Path) -> PathBuf {
     root.join(".relaydesk").join("dev")
 }
 
-pub async fn up(root: &Path, detach: bool) -> Result<u8> {
+pub async fn up(root: &Path, detach: bool, edges: usize) -> Result<u8> {
+    if !(1..=MAX_EDGES).contains(&edges) {
+        bail!("--edges must be between 1 and {MAX_EDGES}");
+    }
     let dev = dev_dir(root);
     let pids_file = dev.join("pids");
     if let Some(state) = State::read(&pids_file)? {
@@ -93,7 +99,9 @@ pub async fn up(root: &Path, detach: bool) -> Result<u8> {
     let database_url = pg.url("relaydesk_app", "relaydesk");
     let redis_url = redis.url();
     let core_port = services::free_port()?;
-    let edge_ports = [services::free_port()?, services::free_port()?];
+    let edge_ports = (0..edges)
+        .map(|_| services::free_port())
+        .collect::<Result<Vec<u16>>>()?;
     let core_url = format!("http://127.0.0.1:{core_port}");
     let edge_ws: Vec<String> = edge_ports
         .iter()
