@@ -1,12 +1,12 @@
-//! Wire protocol v1 client: connecting (optionally from a chosen loopback source address),
-//! `hello` → `welcome`, and [`Peer`], a connection that sends scheduled messages and
-//! checks everything it receives (latency, duplicates, order).
+//! Wire protocol v1 client basics: connecting (optionally from a chosen loopback source
+//! address), `hello` → `welcome`, and the frames the harness sends and reads back. The
+//! connection that sends and audits is [`crate::peer::Peer`].
 //!
 //! Timestamps travel with the messages, so no shared bookkeeping is needed: the client
 //! message id ends with the send time (`…x<unix nanos>`, echoed by `accepted`) and the
-//! body carries it as `t0` (echoed by `msg`).
+//! body carries it as `t0` (echoed by `msg`), with the sender's message number `n` (two
+//! stored messages with the same sender and `n` are one message stored twice).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +15,9 @@ use futures::{SinkExt, StreamExt};
 use relaydesk_shared::wire::ServerFrame;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
-
-use crate::stats::{self, Arrival, Rec, SeqSet};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -52,21 +49,29 @@ pub fn body_t0(body: &Value) -> Option<u64> {
     body.get("t0")?.as_u64()
 }
 
-/// A `send` frame with the timestamp in both the id and the body. With `body_bytes`, the
-/// text is padded so that the serialized `body` object (`{"text":"…","t0":…}`) is that
-/// many bytes (or as small as it can be).
-pub fn send_frame(tag: &str, n: u64, conv: Uuid, body_bytes: Option<usize>) -> String {
+/// The sender's message number carried by a message body.
+pub fn body_n(body: &Value) -> Option<u64> {
+    body.get("n")?.as_u64()
+}
+
+/// A `send` frame of message `n`, stamped now, and its client id: the timestamp is in both
+/// the id and the body, the body also carries `n`. With `body_bytes`, the text is padded
+/// so that the serialized `body` object (`{"text":"…","t0":…,"n":…}`) is that many bytes
+/// (or as small as it can be).
+pub fn stamped_send(tag: &str, n: u64, conv: Uuid, body_bytes: Option<usize>) -> (String, String) {
     let t0 = unix_nanos();
     let text = match body_bytes {
         None => "loadtest".to_owned(),
         Some(size) => {
-            let bare = json!({"text": "", "t0": t0}).to_string().len();
+            let bare = json!({"text": "", "t0": t0, "n": n}).to_string().len();
             "x".repeat(size.saturating_sub(bare))
         }
     };
-    json!({"t": "send", "id": message_id(tag, n, t0), "conv": conv, "kind": "text",
-           "body": {"text": text, "t0": t0}})
-    .to_string()
+    let id = message_id(tag, n, t0);
+    let frame = json!({"t": "send", "id": id, "conv": conv, "kind": "text",
+           "body": {"text": text, "t0": t0, "n": n}})
+    .to_string();
+    (id, frame)
 }
 
 pub fn parse(text: &str) -> Option<ServerFrame> {
@@ -150,188 +155,10 @@ async fn connect_inner(url: &str, source: Option<IpAddr>, token: &str) -> Result
     }
 }
 
-/// What a [`Peer`] saw, returned when it stops.
-#[derive(Debug, Default)]
-pub struct PeerState {
-    pub principal: Uuid,
-    /// Per conversation, every seq received.
-    pub seen: HashMap<Uuid, SeqSet>,
-    /// (conversation, seq) of this peer's own accepted sends.
-    pub accepted: Vec<(Uuid, u64)>,
-    /// Highest accepted seq per conversation.
-    pub heads: HashMap<Uuid, u64>,
-    /// Why the connection ended early, if it did.
-    pub closed: Option<String>,
-}
-
-/// Instructions to a peer's writer.
-#[derive(Debug)]
-pub enum Out {
-    /// Send message number `n` of this peer into `conv` (body size: [`send_frame`]).
-    Send {
-        conv: Uuid,
-        n: u64,
-        body_bytes: Option<usize>,
-    },
-    /// Any other frame.
-    Raw(String),
-}
-
-/// A connection that sends what it is told and audits what it receives.
-pub struct Peer {
-    tx: mpsc::UnboundedSender<Out>,
-    rec: Rec,
-    body_bytes: Option<usize>,
-    reader: tokio::task::JoinHandle<PeerState>,
-    writer: tokio::task::JoinHandle<()>,
-}
-
-impl Peer {
-    /// Starts the reader and writer tasks; they run until `stop` becomes true. With
-    /// `deliveries` false, `msg` frames are checked for order but not counted as deliveries
-    /// (a publisher that happens to be subscribed).
-    pub fn start(
-        ws: Ws,
-        principal: Uuid,
-        tag: String,
-        rec: Rec,
-        stop: watch::Receiver<bool>,
-        deliveries: bool,
-    ) -> Peer {
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
-        let wrec = rec.clone();
-        let mut wstop = stop.clone();
-        let writer = tokio::spawn(async move {
-            let frame = |o: Out| match o {
-                Out::Send {
-                    conv,
-                    n,
-                    body_bytes,
-                } => WsMessage::Text(send_frame(&tag, n, conv, body_bytes).into()),
-                Out::Raw(s) => WsMessage::Text(s.into()),
-            };
-            loop {
-                let first = tokio::select! {
-                    biased;
-                    o = rx.recv() => o,
-                    _ = wstop.wait_for(|s| *s) => None,
-                };
-                let Some(o) = first else { break };
-                if sink.feed(frame(o)).await.is_err() {
-                    break;
-                }
-                while let Ok(o) = rx.try_recv() {
-                    if sink.feed(frame(o)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            let _ = sink.send(WsMessage::Close(None)).await;
-        });
-        let mut rstop = stop;
-        let reader = tokio::spawn(async move {
-            let mut st = PeerState {
-                principal,
-                ..PeerState::default()
-            };
-            loop {
-                let m = tokio::select! {
-                    m = stream.next() => m,
-                    _ = rstop.wait_for(|s| *s) => break,
-                };
-                match m {
-                    Some(Ok(WsMessage::Text(t))) => {
-                        if let Some(f) = parse(&t) {
-                            handle(&mut st, &rec, f, deliveries);
-                        }
-                    }
-                    Some(Ok(WsMessage::Close(c))) => {
-                        if !*rstop.borrow() {
-                            st.closed = Some(format!("closed {:?}", c.map(|c| u16::from(c.code))));
-                        }
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        st.closed = Some(e.to_string());
-                        break;
-                    }
-                    None => {
-                        st.closed = Some("connection ended".into());
-                        break;
-                    }
-                }
-            }
-            rec.connections(-1);
-            st
-        });
-        Peer {
-            tx,
-            rec: wrec,
-            body_bytes: None,
-            reader,
-            writer,
-        }
-    }
-
-    /// From now on, pads each message's `body` to `bytes` (see [`send_frame`]).
-    pub fn with_body_bytes(mut self, bytes: Option<usize>) -> Peer {
-        self.body_bytes = bytes;
-        self
-    }
-
-    /// Queues message `n` for `conv`; counted as sent now, stamped when written.
-    pub fn send(&self, conv: Uuid, n: u64) {
-        self.rec.add(stats::SENT, 1);
-        let _ = self.tx.send(Out::Send {
-            conv,
-            n,
-            body_bytes: self.body_bytes,
-        });
-    }
-
-    pub fn raw(&self, frame: String) {
-        let _ = self.tx.send(Out::Raw(frame));
-    }
-
-    /// Waits for both tasks (after `stop` was set) and returns what the reader saw.
-    pub async fn finish(self) -> PeerState {
-        let _ = self.writer.await;
-        self.reader.await.unwrap_or_default()
-    }
-}
-
-fn handle(st: &mut PeerState, rec: &Rec, f: ServerFrame, deliveries: bool) {
-    match f {
-        ServerFrame::Accepted(a) => {
-            if let Some(t0) = id_t0(&a.id) {
-                rec.record(stats::ACCEPT, since_nanos(t0));
-            }
-            rec.add(stats::ACCEPTED, 1);
-            st.accepted.push((a.conv, a.seq));
-            let h = st.heads.entry(a.conv).or_default();
-            *h = (*h).max(a.seq);
-        }
-        ServerFrame::Error { id: Some(_), .. } => rec.add(stats::ERRORS, 1),
-        ServerFrame::Msg(m) => {
-            match st.seen.entry(m.conv).or_default().insert(m.seq) {
-                Arrival::New => {}
-                Arrival::Duplicate => rec.add(stats::DUPLICATED, 1),
-                Arrival::Reordered => rec.add(stats::REORDERED, 1),
-            }
-            if deliveries && m.from.id != st.principal {
-                if let Some(t0) = body_t0(&m.body) {
-                    rec.record(stats::DELIVER, since_nanos(t0));
-                    rec.add(stats::DELIVERED, 1);
-                }
-            }
-        }
-        _ => {}
-    }
+/// A small pseudo-random number below `max` (jitter) without a generator dependency.
+pub fn rand_ms(max: u64) -> u64 {
+    let n = unix_nanos();
+    (n ^ (n >> 17)) % max.max(1)
 }
 
 #[cfg(test)]
@@ -341,6 +168,7 @@ mod tests {
     #[test]
     fn pads_bodies() {
         let conv = Uuid::new_v4();
+        let send_frame = |tag, n, conv, size| stamped_send(tag, n, conv, size).1;
         for size in [100, 1000] {
             let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, Some(size))).unwrap();
             assert_eq!(f["body"].to_string().len(), size);
@@ -348,8 +176,9 @@ mod tests {
         }
         let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, Some(1))).unwrap();
         assert_eq!(f["body"]["text"], "");
-        let f: Value = serde_json::from_str(&send_frame("p0-", 1, conv, None)).unwrap();
+        let f: Value = serde_json::from_str(&send_frame("p0-", 7, conv, None)).unwrap();
         assert_eq!(f["body"]["text"], "loadtest");
+        assert_eq!(body_n(&f["body"]), Some(7));
     }
 
     #[test]
@@ -357,5 +186,9 @@ mod tests {
         let id = message_id("v12-", 7, 1234567890);
         assert!(relaydesk_shared::wire::valid_client_id(&id));
         assert_eq!(id_t0(&id), Some(1234567890));
+        let (id, frame) = stamped_send("v12-", 7, Uuid::new_v4(), None);
+        let f: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(f["id"], id.as_str());
+        assert_eq!(id_t0(&id), body_t0(&f["body"]));
     }
 }

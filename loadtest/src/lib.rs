@@ -8,11 +8,13 @@
 
 pub mod client;
 pub mod machine;
+pub mod peer;
 pub mod pool;
 pub mod report;
 pub mod scenarios;
 pub mod setup;
 pub mod slo;
+pub mod stages;
 pub mod stats;
 pub mod worker;
 

@@ -303,7 +303,7 @@ impl ClientCtx {
                 Ok(ws) => return Some(ws),
                 Err(_) if Instant::now() + backoff < deadline => {
                     self.rec.add(stats::CONNECT_FAILED, 1);
-                    let jitter = Duration::from_millis(rand_ms(backoff.as_millis() as u64));
+                    let jitter = Duration::from_millis(client::rand_ms(backoff.as_millis() as u64));
                     tokio::time::sleep(backoff + jitter).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -417,10 +417,4 @@ impl ClientCtx {
             self.resumed.done(true);
         }
     }
-}
-
-/// A small pseudo-random jitter without a generator dependency.
-fn rand_ms(max: u64) -> u64 {
-    let n = client::unix_nanos();
-    (n ^ (n >> 17)) % max.max(1)
 }

@@ -130,6 +130,10 @@ pub struct Report {
     pub connected: u64,
     pub connect_failed: u64,
     pub disconnected: u64,
+    /// Chat parties that reconnected and resumed after their connection was closed with
+    /// a reconnect code (e.g. 1012 from a draining edge) or lost.
+    #[serde(default)]
+    pub reconnects: u64,
     pub resumed: u64,
     pub resume_failed: u64,
     /// Accepted messages per second (connect: connections per second of the ramp;
@@ -183,6 +187,7 @@ impl Report {
             connected: total.count(stats::CONNECTED),
             connect_failed: total.count(stats::CONNECT_FAILED),
             disconnected: total.count(stats::DISCONNECTED),
+            reconnects: total.count(stats::RECONNECTS),
             resumed: total.count(stats::RESUMED),
             resume_failed: total.count(stats::RESUME_FAILED),
             trustworthy: true,
@@ -332,6 +337,7 @@ impl Report {
             ("connected".into(), self.connected.to_string()),
             ("connect_failed".into(), self.connect_failed.to_string()),
             ("disconnected".into(), self.disconnected.to_string()),
+            ("reconnects".into(), self.reconnects.to_string()),
             (
                 "rate_achieved".into(),
                 format!("{:.1}/s", self.rate_achieved),

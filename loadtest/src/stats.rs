@@ -39,6 +39,9 @@ pub const RESUMED: &str = "resumed";
 pub const RESUME_FAILED: &str = "resume_failed";
 /// Connections the server closed (or lost) outside a planned drop.
 pub const DISCONNECTED: &str = "disconnected";
+/// Chat parties back on an edge after a close that invites a reconnect (a draining edge's
+/// 1012, a slow consumer's 4008, …) or a lost connection.
+pub const RECONNECTS: &str = "reconnects";
 
 /// Largest recordable value: ten minutes in microseconds (larger values saturate).
 const MAX_US: u64 = 600_000_000;

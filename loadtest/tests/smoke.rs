@@ -1,22 +1,77 @@
 //! Every scenario at small scale against a real in-process stack (core-api and two edges
 //! on the private PostgreSQL and Redis that `cargo xtask test` starts), through the
 //! library API: nothing lost, duplicated or reordered, and a failing gate fails the run;
-//! `soak` also samples every process's memory over time.
+//! `soak` also samples every process's memory over time; `chat` also survives a rolling
+//! restart of every edge (each drained, then replaced on the same address).
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use loadtest::scenarios::{chat, connect, fanout, soak, storm, Common};
 use loadtest::{slo, Target};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// A running stack; stops when dropped.
+/// A running stack: core-api and in-process edges; everything stops when it is dropped.
 struct Stack {
     target: Target,
+    /// Cancels core-api and, through their child tokens, every edge.
     stop: CancellationToken,
+    edges: Vec<Edge>,
+    /// How each edge is started (again).
+    edge_setup: EdgeSetup,
+}
+
+/// One in-process edge: its address, its own stop token (a child of the stack's) and task.
+struct Edge {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Edge settings a test changes from the defaults.
+#[derive(Debug, Clone, Default)]
+struct EdgeOptions {
+    /// Ping every `heartbeat` (and close peers silent for two of them).
+    heartbeat: Option<Duration>,
+    /// Window over which a draining edge closes its sockets with 1012.
+    drain_window: Option<Duration>,
+}
+
+/// What every edge of a stack is started with.
+struct EdgeSetup {
+    redis: String,
+    prefix: String,
+    public: Vec<u8>,
+    options: EdgeOptions,
+}
+
+impl EdgeSetup {
+    /// Starts an edge (under a fresh edge id) on `l` until `stop` is cancelled.
+    fn spawn(&self, l: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
+        let mut config = relaydesk_edge::Config::new(
+            self.redis.clone(),
+            self.prefix.clone(),
+            self.public.clone(),
+        );
+        if let Some(h) = self.options.heartbeat {
+            config.heartbeat = h;
+        }
+        if let Some(w) = self.options.drain_window {
+            config.drain_window = w;
+        }
+        tokio::spawn(async move {
+            if let Err(e) =
+                relaydesk_edge::run(l, config, async move { stop.cancelled().await }).await
+            {
+                eprintln!("edge stopped: {e}");
+            }
+        })
+    }
 }
 
 impl Drop for Stack {
@@ -25,23 +80,38 @@ impl Drop for Stack {
     }
 }
 
+impl Stack {
+    /// Restarts edge `i` as a deployment would: drains it (what SIGTERM does: `/readyz`
+    /// fails, accepting stops, sockets close with 1012 over the drain window), waits for
+    /// it to exit, starts a new edge on the same address (so core-api's edge URLs stay
+    /// true) and waits until it is ready.
+    async fn restart_edge(&mut self, i: usize) {
+        let edge = &mut self.edges[i];
+        edge.stop.cancel();
+        (&mut edge.task).await.unwrap();
+        let l = TcpListener::bind(edge.addr).await.unwrap();
+        edge.stop = self.stop.child_token();
+        edge.task = self.edge_setup.spawn(l, edge.stop.clone());
+        wait_ready(&format!("http://{}", edge.addr)).await;
+    }
+}
+
 fn var(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run the suite with `cargo xtask test`"))
 }
 
-async fn listener() -> (TcpListener, String) {
+async fn listener() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
+    let addr = l.local_addr().unwrap();
     (l, addr)
 }
 
 async fn start(edges: usize) -> Stack {
-    start_with(edges, None).await
+    start_with(edges, EdgeOptions::default()).await
 }
 
-/// A stack whose edges ping every `heartbeat` (and close peers silent for two of them).
-async fn start_with(edges: usize, heartbeat: Option<Duration>) -> Stack {
+async fn start_with(edges: usize, options: EdgeOptions) -> Stack {
     let keys = std::path::PathBuf::from(var("RELAYDESK_TEST_KEYS_DIR"));
     let signing = std::fs::read(keys.join("signing.pem")).unwrap();
     let public = std::fs::read(keys.join("public.pem")).unwrap();
@@ -49,20 +119,22 @@ async fn start_with(edges: usize, heartbeat: Option<Duration>) -> Stack {
     let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..10]);
     let operator = format!("op-{}", Uuid::new_v4().simple());
     let stop = CancellationToken::new();
+    let edge_setup = EdgeSetup {
+        redis: redis.clone(),
+        prefix: prefix.clone(),
+        public,
+        options,
+    };
     let mut edge_urls = Vec::new();
+    let mut running = Vec::new();
     for _ in 0..edges {
         let (l, addr) = listener().await;
         edge_urls.push(format!("ws://{addr}/v1/ws"));
-        let mut config = relaydesk_edge::Config::new(redis.clone(), prefix.clone(), public.clone());
-        if let Some(h) = heartbeat {
-            config.heartbeat = h;
-        }
-        let s = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = relaydesk_edge::run(l, config, async move { s.cancelled().await }).await
-            {
-                eprintln!("edge stopped: {e}");
-            }
+        let edge_stop = stop.child_token();
+        running.push(Edge {
+            addr,
+            task: edge_setup.spawn(l, edge_stop.clone()),
+            stop: edge_stop,
         });
     }
     let (l, addr) = listener().await;
@@ -89,28 +161,32 @@ async fn start_with(edges: usize, heartbeat: Option<Duration>) -> Stack {
             edge_pids: Vec::new(),
         },
         stop,
+        edges: running,
+        edge_setup,
     };
-    let http = reqwest::Client::new();
-    let mut bases = vec![stack.target.core.clone()];
-    for e in &stack.target.edges {
-        bases.push(e.replace("ws://", "http://").replace("/v1/ws", ""));
-    }
-    for base in bases {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let last = match http.get(format!("{base}/readyz")).send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{base} never became ready ({last})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    wait_ready(&stack.target.core).await;
+    for e in &stack.edges {
+        wait_ready(&format!("http://{}", e.addr)).await;
     }
     stack
+}
+
+/// Waits until `{base}/readyz` answers 200 (a minute at most).
+async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match http.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base} never became ready ({last})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn clean(r: &loadtest::Report) {
@@ -150,6 +226,7 @@ async fn chat_is_clean_and_gates_fail() {
         "lost",
         "duplicated",
         "reordered",
+        "reconnects",
         "rate_achieved",
         "trustworthy",
         "warnings",
@@ -173,6 +250,70 @@ async fn chat_is_clean_and_gates_fail() {
         "{:?}",
         failing.failures
     );
+}
+
+/// Pause between two edge restarts: load time (messages flow through the new edge before
+/// the next one drains), not synchronization.
+const LOAD_BETWEEN_RESTARTS: Duration = Duration::from_millis(300);
+
+/// A rolling restart of every edge under chat load: each edge in turn drains (sockets
+/// closed with 1012 over 400 ms) and exits, and a new edge takes its address. The parties
+/// reconnect to the next edge, resume and resend; nothing may be lost, stored twice or
+/// delivered out of order, and every send is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_survives_a_rolling_restart_of_every_edge() {
+    let mut stack = start_with(
+        3,
+        EdgeOptions {
+            drain_window: Some(Duration::from_millis(400)),
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
+    let mut common = Common::new(stack.target.clone());
+    common.slo = slo::parse("loss=0,dup=0,reorder=0").unwrap();
+    let cfg = chat::ChatConfig {
+        conversations: 20,
+        rate: 200.0,
+        // Long enough for all three restarts to happen while messages are sent.
+        duration: Duration::from_secs(8),
+        grace: Duration::from_secs(10),
+        per_agent: 8,
+    };
+    let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
+    let run = chat::run_with(&common, &cfg, move || {
+        let _ = loaded_tx.send(());
+    });
+    let restarts = async {
+        loaded.await.unwrap();
+        for i in 0..stack.edges.len() {
+            tokio::time::sleep(LOAD_BETWEEN_RESTARTS).await;
+            stack.restart_edge(i).await;
+        }
+    };
+    let (r, ()) = tokio::join!(run, restarts);
+    let r = r.unwrap();
+    println!("{}", r.table());
+    clean(&r);
+    assert_eq!(r.disconnected, 0, "{}", r.table());
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert_eq!(r.accepted, r.sent, "{}", r.table());
+    assert_eq!(r.delivered, r.accepted, "{}", r.table());
+    assert!(r.sent >= 1500, "{}", r.table());
+    // Visitors start on edge 0, agents on edge 1; each drained edge's parties move to the
+    // next: the 20 visitors, then all 20 + 3 parties twice.
+    let agents = r.extra["agents"] as u64;
+    assert_eq!(agents, 3, "{}", r.table());
+    assert!(r.reconnects >= 20 + 2 * (20 + agents), "{}", r.table());
+    assert!(
+        r.resume.as_ref().is_some_and(|s| s.count > 0),
+        "{}",
+        r.table()
+    );
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["reconnects"], r.reconnects);
+    assert!(r.table().contains("reconnects"));
+    assert!(r.html().unwrap().contains("reconnects"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +412,14 @@ async fn storm_resumes_without_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_samples_memory_and_stays_clean() {
     // Edges ping every 500 ms and drop peers silent for 1 s: held connections must answer.
-    let stack = start_with(2, Some(Duration::from_millis(500))).await;
+    let stack = start_with(
+        2,
+        EdgeOptions {
+            heartbeat: Some(Duration::from_millis(500)),
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
     let mut common = Common::new(stack.target.clone());
     common.slo = slo::parse("loss=0,dup=0,reorder=0,drift<1GB").unwrap();
     let cfg = soak::SoakConfig {

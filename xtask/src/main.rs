@@ -3,6 +3,7 @@
 //! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances.
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
+//! - `restart-edges`: a rolling restart of the edges `up --detach` started.
 //! - `bench`: the standard load suite (`loadtest`), reports in `docs/bench/`.
 //! - `bench-fanout`: one edge's fan-out side by side with Bun's pub/sub (`bench/bun/`).
 //!
@@ -57,6 +58,15 @@ enum Command {
     },
     /// Stop what `cargo xtask up --detach` started.
     Down,
+    /// Rolling restart of the edges `cargo xtask up --detach` started: each in turn gets
+    /// SIGTERM (drain: 1012 to its clients over its drain window), exits and is started
+    /// again on the same port; run it while `loadtest chat` runs to check that clients
+    /// reconnect and resume without loss.
+    RestartEdges {
+        /// Seconds between one edge being ready again and the next one's SIGTERM.
+        #[arg(long, default_value_t = 2, value_parser = parse_secs)]
+        pause: u64,
+    },
     /// Run the standard load suite; reports go to docs/bench/ and docs/benchmarks.md.
     Bench,
     /// Hold the most concurrent sockets the machine allows, over as many edge and
@@ -133,6 +143,9 @@ fn main() -> ExitCode {
             Command::Test { no_lint, args } => test::run(&root, no_lint, &args).await,
             Command::Up { detach, edges } => up::up(&root, detach, edges).await,
             Command::Down => up::down(&root).map(|()| 0),
+            Command::RestartEdges { pause } => {
+                up::restart_edges(&root, std::time::Duration::from_secs(pause)).await
+            }
             Command::Bench => bench::run(&root).await,
             Command::BenchScale {
                 connections,

@@ -1,5 +1,6 @@
 //! `cargo xtask up` and `cargo xtask down`: a local Relaydesk (PostgreSQL, Redis, one core-api,
-//! two edges or `--edges N`) with its files in `.relaydesk/dev/`, plus a demo tenant and agent.
+//! two edges or `--edges N`) with its files in `.relaydesk/dev/`, plus a demo tenant and agent;
+//! and `cargo xtask restart-edges`: a rolling restart of a detached stack's edges.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -123,12 +124,7 @@ pub async fn up(root: &Path, detach: bool, edges: usize) -> Result<u8> {
         .env("EDGE_URLS", &edge_urls);
     procs.spawn("core-api", core, &logs, core_port)?;
     for (i, port) in edge_ports.iter().enumerate() {
-        let mut edge = Command::new(&edge_bin);
-        edge.env("EDGE_ADDR", format!("127.0.0.1:{port}"))
-            .env("REDIS_URL", &redis_url)
-            .env("REDIS_PREFIX", REDIS_PREFIX)
-            .env("INGRESS_SHARDS", INGRESS_SHARDS)
-            .env("TOKEN_PUBLIC_KEY_FILE", keys.join("public.pem"));
+        let edge = edge_command(&edge_bin, *port, &redis_url, &keys);
         procs.spawn(&format!("edge-{}", i + 1), edge, &logs, *port)?;
     }
 
@@ -298,6 +294,134 @@ pub fn down(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a restarted edge may take to drain and exit before it is killed.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The edge `up` starts on `port` (and `restart-edges` starts again).
+fn edge_command(edge_bin: &Path, port: u16, redis_url: &str, keys: &Path) -> Command {
+    let mut edge = Command::new(edge_bin);
+    edge.env("EDGE_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis_url)
+        .env("REDIS_PREFIX", REDIS_PREFIX)
+        .env("INGRESS_SHARDS", INGRESS_SHARDS)
+        .env("TOKEN_PUBLIC_KEY_FILE", keys.join("public.pem"));
+    edge
+}
+
+/// `cargo xtask restart-edges`: restarts every edge of the stack `up --detach` started, one
+/// at a time, as a deployment would: SIGTERM (the edge fails `/readyz`, stops accepting and
+/// closes its WebSockets with 1012 spread over its drain window), wait for it to exit, start
+/// it again on the same port with the same environment (the edge binary now in
+/// `target/release`, so a rebuilt one rolls out), wait until it is ready, then `pause`
+/// before the next. Clients of a draining edge reconnect to the others and resume.
+pub async fn restart_edges(root: &Path, pause: Duration) -> Result<u8> {
+    let dev = dev_dir(root);
+    let pids_file = dev.join("pids");
+    let Some(mut state) = State::read(&pids_file)? else {
+        bail!(
+            "no detached stack ({} not found): start one with `cargo xtask up --detach`",
+            rel(root, &pids_file)
+        );
+    };
+    let env_file = root.join(".relaydesk").join("dev.env");
+    let env = |key: &str| {
+        crate::bench::env_value(&env_file, key)
+            .with_context(|| format!("{} has no {key}", rel(root, &env_file)))
+    };
+    let redis_url = env("REDIS_URL")?;
+    let ports = env("EDGE_URLS")?
+        .split_whitespace()
+        .map(|url| {
+            url.rsplit_once(':')
+                .and_then(|(_, rest)| rest.split('/').next()?.parse::<u16>().ok())
+                .with_context(|| format!("no port in the edge URL {url}"))
+        })
+        .collect::<Result<Vec<u16>>>()?;
+    let mut edges: Vec<(String, i32)> = state
+        .services()
+        .filter(|(name, _)| name.starts_with("edge-"))
+        .map(|(name, pid)| (name.to_owned(), pid))
+        .collect();
+    edges.sort_by_key(|(name, _)| {
+        name.trim_start_matches("edge-")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
+    if edges.len() != ports.len() {
+        bail!(
+            "{} lists {} edges but {} has {} edge URLs",
+            rel(root, &pids_file),
+            edges.len(),
+            rel(root, &env_file),
+            ports.len()
+        );
+    }
+    let edge_bin = target_dir(root).join("release").join("edge");
+    if !edge_bin.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p relaydesk-edge`",
+            edge_bin.display()
+        );
+    }
+    let keys = dev.join("keys");
+    let logs = dev.join("logs");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building an HTTP client")?;
+    for (i, ((name, pid), port)) in edges.into_iter().zip(ports).enumerate() {
+        check_interrupted()?;
+        if i > 0 {
+            // Load time between two restarts, so clients settle on the new edge.
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::wait_interrupt() => {}
+            }
+            check_interrupted()?;
+        }
+        if !service_alive(&name, pid) {
+            bail!(
+                "{name} (pid {pid}) is not running; restart the stack with `cargo xtask down` \
+                 and `cargo xtask up --detach`"
+            );
+        }
+        step(format!("draining {name} (pid {pid}): SIGTERM"));
+        let drained = Instant::now();
+        send_signal(pid, Signal::SIGTERM)?;
+        while pid_alive(pid) {
+            if drained.elapsed() >= DRAIN_LIMIT {
+                eprintln!(
+                    "xtask: {name} did not exit within {} s of SIGTERM, killing it",
+                    DRAIN_LIMIT.as_secs()
+                );
+                terminate_pid(pid, Duration::ZERO)?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        step(format!(
+            "{name} exited after {:.1} s",
+            drained.elapsed().as_secs_f64()
+        ));
+        let mut procs = Procs::default();
+        procs.spawn_logged(
+            &name,
+            edge_command(&edge_bin, port, &redis_url, &keys),
+            &logs.join(format!("{name}.log")),
+            true,
+            port,
+        )?;
+        if let Some(svc) = procs.list.first_mut() {
+            svc.wait_ready(&http).await?;
+            state.set(&name, svc.child.id().to_string());
+            state.write(&pids_file)?;
+        }
+        procs.detach();
+    }
+    step("every edge restarted");
+    Ok(0)
+}
+
 /// Whether `pid` is still the service `name` (and not a process that reused its pid).
 fn service_alive(name: &str, pid: i32) -> bool {
     let binary = if name.starts_with("edge") {
@@ -390,9 +514,27 @@ struct Procs {
 impl Procs {
     /// Starts `cmd` in its own process group (so that Ctrl-C reaches only xtask, which then stops
     /// it in order), output to `<logs>/<name>.log`.
-    fn spawn(&mut self, name: &str, mut cmd: Command, logs: &Path, port: u16) -> Result<()> {
-        let log = logs.join(format!("{name}.log"));
-        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    fn spawn(&mut self, name: &str, cmd: Command, logs: &Path, port: u16) -> Result<()> {
+        self.spawn_logged(name, cmd, &logs.join(format!("{name}.log")), false, port)
+    }
+
+    /// [`Procs::spawn`] with output to `log`, appended to it when `append`.
+    fn spawn_logged(
+        &mut self,
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        append: bool,
+        port: u16,
+    ) -> Result<()> {
+        let log = log.to_path_buf();
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out
             .try_clone()
             .with_context(|| format!("duplicating the handle of {}", log.display()))?;
@@ -654,6 +796,14 @@ impl State {
 
     fn push(&mut self, key: &str, value: String) {
         self.entries.push((key.to_string(), value));
+    }
+
+    /// Replaces the value of `key` (or adds it).
+    fn set(&mut self, key: &str, value: String) {
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.push(key, value),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&str> {

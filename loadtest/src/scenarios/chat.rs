@@ -3,6 +3,13 @@
 //! measures send→`accepted` and send→delivered (the other party's `msg`), and counts
 //! lost (accepted, never delivered to the other party), duplicated and reordered.
 //!
+//! The parties survive their edges: closed with a reconnect code (a draining edge's 1012,
+//! 1001, 4008, …) or cut off, a party reconnects to the next edge, resumes its
+//! conversations from its last contiguous seq and resends what was not yet accepted with
+//! the same client ids ([`Peer::start_resilient`]), so a rolling restart of every edge
+//! under this load must still lose, duplicate and reorder nothing; the report counts the
+//! `reconnects`, and a party that could not reconnect as `disconnected`.
+//!
 //! Its parts — the conversations ([`World`]), their connected parties ([`Pairs`]) and
 //! the end-of-run audit ([`Pairs::finish`]) — also carry the chat traffic of `soak`.
 
@@ -15,8 +22,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{finish_report, schedule, settle, Common, Live};
-use crate::client::{self, Peer, PeerState};
+use crate::client;
 use crate::machine::CpuClock;
+use crate::peer::{Peer, PeerState, Redial};
 use crate::report::Report;
 use crate::setup::{Api, Tenant, Visitor};
 use crate::stats::{self, Rec};
@@ -48,6 +56,12 @@ impl Default for ChatConfig {
 }
 
 pub async fn run(common: &Common, cfg: &ChatConfig) -> Result<Report> {
+    run_with(common, cfg, || {}).await
+}
+
+/// Like [`run`], calling `on_load` once every party is connected, as the send schedule
+/// starts: a test can then disturb the stack under load (restart edges, …).
+pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce()) -> Result<Report> {
     if cfg.conversations == 0 {
         bail!("--conversations must be at least 1");
     }
@@ -61,6 +75,7 @@ pub async fn run(common: &Common, cfg: &ChatConfig) -> Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let pairs = world.connect(common, &api, &tenant, &rec, &stop).await?;
 
+    on_load();
     let send_start = std::time::Instant::now();
     schedule(cfg.rate, cfg.duration, None, &rec, |i| pairs.send(i)).await;
     let send_secs = send_start.elapsed().as_secs_f64();
@@ -133,7 +148,9 @@ impl World {
     }
 
     /// Connects both sides: agents to the second edge (auto-subscribed at hello to what is
-    /// assigned to them), visitors to the first. They run until `stop` turns true.
+    /// assigned to them), visitors to the first. They run until `stop` turns true,
+    /// reconnecting to the next edge whenever theirs closes them with a reconnect code or
+    /// is lost (giving up after `common.connect_timeout` without an edge accepting).
     pub async fn connect(
         self,
         common: &Common,
@@ -142,6 +159,15 @@ impl World {
         rec: &Rec,
         stop: &watch::Receiver<bool>,
     ) -> Result<Pairs> {
+        let edges = &common.target.edges;
+        let redial = |edge: usize, token: String, convs: Vec<Uuid>| Redial {
+            edges: edges.clone(),
+            edge: edge % edges.len().max(1),
+            token,
+            convs,
+            connect_timeout: common.connect_timeout,
+            give_up: common.connect_timeout,
+        };
         let mut agent_peers: HashMap<Uuid, Peer> = HashMap::new();
         for (i, a) in self.agents.iter().enumerate() {
             let token = api.connect_token(tenant, *a).await?;
@@ -150,32 +176,38 @@ impl World {
             rec.record(stats::CONNECT, took);
             rec.add(stats::CONNECTED, 1);
             rec.connections(1);
+            let convs = self
+                .convs
+                .iter()
+                .filter(|(_, _, assignee)| assignee == a)
+                .map(|(_, c, _)| *c)
+                .collect();
             agent_peers.insert(
                 *a,
-                Peer::start(
+                Peer::start_resilient(
                     ws,
                     w.principal,
                     format!("a{i}-"),
                     rec.clone(),
                     stop.clone(),
-                    true,
+                    redial(1, token, convs),
                 ),
             );
         }
         let mut visitor_peers = Vec::with_capacity(self.convs.len());
-        for (i, (v, _, _)) in self.convs.iter().enumerate() {
+        for (i, (v, c, _)) in self.convs.iter().enumerate() {
             let (ws, w, took) =
                 client::connect(common.edge(0), None, &v.connect, common.connect_timeout).await?;
             rec.record(stats::CONNECT, took);
             rec.add(stats::CONNECTED, 1);
             rec.connections(1);
-            visitor_peers.push(Peer::start(
+            visitor_peers.push(Peer::start_resilient(
                 ws,
                 w.principal,
                 format!("v{i}-"),
                 rec.clone(),
                 stop.clone(),
-                true,
+                redial(0, v.connect.clone(), vec![*c]),
             ));
         }
         Ok(Pairs {

@@ -11,8 +11,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{finish_report, schedule, settle, Common, Live};
-use crate::client::{self, Peer};
+use crate::client;
 use crate::machine::CpuClock;
+use crate::peer::Peer;
 use crate::pool::{Command, Event, PoolTask};
 use crate::report::Report;
 use crate::stats::{self, Rec};
