@@ -227,7 +227,7 @@ async fn finish_session(mut link: Link, session: Session, end: End) {
     if let Some(src) = &session.src {
         ctx.hub().remove(conn);
         let code = out.close_code().unwrap_or(1006);
-        tracing::info!(conn, tenant = %src.tenant, principal = %src.principal, code, "connection closed");
+        tracing::debug!(conn, tenant = %src.tenant, principal = %src.principal, code, "connection closed");
     } else {
         tracing::debug!(
             conn,
@@ -377,7 +377,7 @@ impl Session {
             tracing::warn!(conn = self.conn, "core-api did not answer hello in time");
             return Err(End::Close(CloseCode::Unavailable.code()));
         }
-        tracing::info!(
+        tracing::debug!(
             conn = self.conn,
             tenant = %src.tenant,
             principal = %src.principal,

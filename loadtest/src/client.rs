@@ -100,6 +100,16 @@ pub async fn connect(
         .map(|(ws, w)| (ws, w, started.elapsed()))
 }
 
+/// Read buffer of a harness connection. tungstenite's default (128 KiB, filled on the
+/// first read) would make the harness, not the edge, run out of memory at 200,000
+/// connections; 8 KiB still takes a burst of small frames in one read.
+const READ_BUFFER: usize = 8 * 1024;
+
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+}
+
 async fn connect_inner(url: &str, source: Option<IpAddr>, token: &str) -> Result<(Ws, Welcome)> {
     let hostport = url
         .strip_prefix("ws://")
@@ -127,7 +137,7 @@ async fn connect_inner(url: &str, source: Option<IpAddr>, token: &str) -> Result
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
         .await
         .with_context(|| format!("upgrading {url}"))?;
     ws.send(WsMessage::Text(
