@@ -127,6 +127,18 @@ async fn connect_inner(url: &str, source: Option<IpAddr>, token: &str) -> Result
     }?;
     if let Some(src) = source {
         if addr.ip().is_loopback() && src.is_ipv4() == addr.is_ipv4() {
+            // Without this, bind() reserves an ephemeral port on `src` for any destination,
+            // searching a port range that gets crowded at tens of thousands of sockets per
+            // address: the search runs in the kernel, blocks the runtime thread, and pongs
+            // go unanswered. With it the port is chosen at connect() per 4-tuple.
+            if src.is_ipv4() {
+                nix::sys::socket::setsockopt(
+                    &socket,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                )
+                .context("setting IP_BIND_ADDRESS_NO_PORT")?;
+            }
             socket
                 .bind(SocketAddr::new(src, 0))
                 .with_context(|| format!("binding to {src}"))?;
