@@ -54,6 +54,13 @@ enum Cmd {
         /// Conversations per agent.
         #[arg(long, default_value_t = 50)]
         per_agent: usize,
+        /// Meanwhile, another tenant sends this many messages per second (far over its
+        /// limit, to show it does not slow this run down); 0: none.
+        #[arg(long, default_value_t = 0.0)]
+        noisy_rate: f64,
+        /// Meanwhile, this many extra connections of the run's agents never read.
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// One conversation, many subscribers (admins), one or more publishers.
     Fanout {
@@ -250,6 +257,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
             duration,
             grace,
             per_agent,
+            noisy_rate,
+            stalled,
         } => {
             let c = common.common()?;
             let cfg = chat::ChatConfig {
@@ -258,6 +267,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 duration,
                 grace,
                 per_agent,
+                noisy_rate,
+                stalled,
             };
             (common, chat::run(&c, &cfg).await?)
         }

@@ -149,6 +149,9 @@ pub struct Report {
     pub memory_over_time: Vec<MemorySeries>,
     /// Scenario-specific figures.
     pub extra: BTreeMap<String, f64>,
+    /// The server's own stage latencies over the run (`chat`), from its `/metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::Stage>,
 
     /// Own CPU (fraction of a core) of each harness process.
     pub own_cpu: Vec<f64>,
@@ -282,6 +285,23 @@ impl Report {
                 "{:<10} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
                 name, sum.count, sum.p50, sum.p90, sum.p99, sum.p999, sum.max
             );
+        }
+        if !self.stages.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{:<64} {:>10} {:>10} {:>10}",
+                "server stage (its own /metrics, bucket-interpolated)", "count", "p50 ms", "p99 ms"
+            );
+            for st in &self.stages {
+                let _ = writeln!(
+                    s,
+                    "{:<64} {:>10} {:>10} {:>10}",
+                    st.what,
+                    st.count,
+                    ms(st.p50_ms),
+                    ms(st.p99_ms)
+                );
+            }
         }
         let _ = writeln!(s);
         for (k, v) in self.figures() {
@@ -450,7 +470,24 @@ impl Report {
                 s.count, s.p50, s.p90, s.p99, s.p999, s.max
             );
         }
-        h.push_str("</table><h2>Figures</h2><table>");
+        h.push_str("</table>");
+        if !self.stages.is_empty() {
+            h.push_str("<h2>Server stages (ms)</h2><p>From the servers' own histograms over this run (<code>/metrics</code> before and after), interpolated within buckets.</p><table><tr><th>stage</th><th>metric</th><th>count</th><th>mean</th><th>p50</th><th>p99</th></tr>");
+            for st in &self.stages {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&st.what),
+                    esc(&st.metric),
+                    st.count,
+                    ms(st.mean_ms),
+                    ms(st.p50_ms),
+                    ms(st.p99_ms)
+                );
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("<h2>Figures</h2><table>");
         for (k, v) in self.figures() {
             let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
         }
@@ -675,6 +712,10 @@ fn mib(b: Option<u64>) -> String {
 /// Bytes as signed MiB: `+1.25`, `-0.50`.
 fn signed_mib(b: f64) -> String {
     format!("{:+.2}", b / 1048576.0)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.3}"))
 }
 
 fn opt(v: Option<f64>) -> String {

@@ -114,6 +114,19 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> Vec<Stage> {
     out
 }
 
+/// How much the counter series `series` (name and labels exactly as exported) grew over
+/// all edges between two snapshots.
+pub fn edge_counter(before: &Snapshot, after: &Snapshot, series: &str) -> f64 {
+    let sum = |s: &Snapshot| -> f64 {
+        s.edges
+            .iter()
+            .flat_map(|t| t.lines())
+            .filter_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .sum()
+    };
+    sum(after) - sum(before)
+}
+
 /// A Prometheus histogram: cumulative counts by upper bound, summed over label sets.
 #[derive(Debug, Clone, PartialEq)]
 struct Histogram {

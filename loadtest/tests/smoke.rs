@@ -40,6 +40,8 @@ struct EdgeOptions {
     heartbeat: Option<Duration>,
     /// Window over which a draining edge closes its sockets with 1012.
     drain_window: Option<Duration>,
+    /// Messages per second per tenant on each edge.
+    tenant_msgs_per_sec: Option<u32>,
 }
 
 /// What every edge of a stack is started with.
@@ -63,6 +65,9 @@ impl EdgeSetup {
         }
         if let Some(w) = self.options.drain_window {
             config.drain_window = w;
+        }
+        if let Some(r) = self.options.tenant_msgs_per_sec {
+            config.tenant_msgs_per_sec = r;
         }
         tokio::spawn(async move {
             if let Err(e) =
@@ -210,6 +215,7 @@ async fn chat_is_clean_and_gates_fail() {
         duration: Duration::from_secs(2),
         grace: Duration::from_secs(5),
         per_agent: 8,
+        ..chat::ChatConfig::default()
     };
     let r = chat::run(&common, &cfg).await.unwrap();
     clean(&r);
@@ -238,6 +244,19 @@ async fn chat_is_clean_and_gates_fail() {
         assert!(json["accept"].get(k).is_some(), "accept lacks {k}");
     }
     assert!(r.html().unwrap().contains("<svg"));
+    // The server's own stages over the run, next to the harness's view. (This test's edges
+    // and core-api share one process and one recorder, so only presence is checked.)
+    let commit = r
+        .stages
+        .iter()
+        .find(|s| s.metric == "relaydesk_core_commit_seconds")
+        .unwrap_or_else(|| panic!("no commit stage: {:?}", r.stages));
+    assert!(
+        commit.count > 0 && commit.p50_ms <= commit.p99_ms,
+        "{commit:?}"
+    );
+    assert!(r.table().contains("PostgreSQL commit"), "{}", r.table());
+    assert!(r.html().unwrap().contains("Server stages"));
 
     // An impossible gate fails the run, and says which gate.
     let mut failing = r.clone();
@@ -261,6 +280,46 @@ const LOAD_BETWEEN_RESTARTS: Duration = Duration::from_millis(300);
 /// reconnect to the next edge, resume and resend; nothing may be lost, stored twice or
 /// delivered out of order, and every send is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_beside_a_noisy_tenant_and_stalled_clients_is_untouched() {
+    // 50 messages/s per tenant on each edge: the measured run sends 20 on each, the
+    // noisy tenant 250 on each (10× its limit).
+    let stack = start_with(
+        2,
+        EdgeOptions {
+            tenant_msgs_per_sec: Some(50),
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
+    let mut common = Common::new(stack.target.clone());
+    common.slo = slo::parse("loss=0,dup=0,reorder=0").unwrap();
+    let cfg = chat::ChatConfig {
+        conversations: 10,
+        rate: 40.0,
+        duration: Duration::from_secs(3),
+        grace: Duration::from_secs(5),
+        per_agent: 5,
+        noisy_rate: 500.0,
+        stalled: 20,
+    };
+    let r = chat::run(&common, &cfg).await.unwrap();
+    clean(&r);
+    assert!(r.sent >= 100, "{}", r.table());
+    assert_eq!((r.accepted, r.errors), (r.sent, 0), "{}", r.table());
+    assert_eq!(r.delivered, r.accepted, "{}", r.table());
+    assert_eq!(r.disconnected, 0, "{}", r.table());
+    let x = |k: &str| r.extra.get(k).copied().unwrap_or(-1.0);
+    assert!(x("noisy_sent") >= 1000.0, "{}", r.table());
+    assert!(
+        x("noisy_refused") > x("noisy_sent") / 2.0,
+        "the noisy tenant was not limited: {}",
+        r.table()
+    );
+    assert_eq!(x("stalled"), 20.0, "{}", r.table());
+    assert!(r.memory.is_some(), "{}", r.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_survives_a_rolling_restart_of_every_edge() {
     let mut stack = start_with(
         3,
@@ -279,6 +338,7 @@ async fn chat_survives_a_rolling_restart_of_every_edge() {
         duration: Duration::from_secs(8),
         grace: Duration::from_secs(10),
         per_agent: 8,
+        ..chat::ChatConfig::default()
     };
     let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
     let run = chat::run_with(&common, &cfg, move || {

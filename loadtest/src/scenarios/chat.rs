@@ -21,12 +21,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{finish_report, schedule, settle, Common, Live};
+use super::disturb::{Noisy, Stalled};
+use super::{finish_report, memory, schedule, settle, Common, Live};
 use crate::client;
 use crate::machine::CpuClock;
 use crate::peer::{Peer, PeerState, Redial};
 use crate::report::Report;
-use crate::setup::{Api, Tenant, Visitor};
+use crate::setup::{self, Api, Tenant, Visitor};
 use crate::stats::{self, Rec};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +42,12 @@ pub struct ChatConfig {
     pub grace: Duration,
     /// Conversations per agent (agents are created to match).
     pub per_agent: usize,
+    /// Messages per second sent meanwhile by another tenant, far over its limit (0: none);
+    /// see [`super::disturb::Noisy`].
+    pub noisy_rate: f64,
+    /// Extra connections of this run's agents that never read (see
+    /// [`super::disturb::Stalled`]).
+    pub stalled: usize,
 }
 
 impl Default for ChatConfig {
@@ -51,6 +58,8 @@ impl Default for ChatConfig {
             duration: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             per_agent: 50,
+            noisy_rate: 0.0,
+            stalled: 0,
         }
     }
 }
@@ -68,6 +77,15 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     let api = common.api().await?;
     let tenant = api.tenant(&common.target.operator_token).await?;
     let world = World::create(&api, &tenant, cfg.conversations, cfg.per_agent).await?;
+    let edges_before = setup::sample_edges(&api, &common.target).await;
+    let stalled = match cfg.stalled {
+        0 => None,
+        n => Some(Stalled::open(common, &api, &tenant, world.agents(), n).await?),
+    };
+    let noisy = match cfg.noisy_rate {
+        r if r > 0.0 => Some(Noisy::start(common, &api, r).await?),
+        _ => None,
+    };
 
     let rec = Rec::new();
     let cpu = CpuClock::start();
@@ -76,12 +94,23 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     let pairs = world.connect(common, &api, &tenant, &rec, &stop).await?;
 
     on_load();
+    let stages_before = crate::stages::snapshot(&api, &common.target).await;
     let send_start = std::time::Instant::now();
     schedule(cfg.rate, cfg.duration, None, &rec, |i| pairs.send(i)).await;
     let send_secs = send_start.elapsed().as_secs_f64();
     settle(cfg.grace, || settled(&rec)).await;
+    let stages_after = crate::stages::snapshot(&api, &common.target).await;
+    let memory = match &stalled {
+        Some(s) => Some(memory(&api, &common.target, edges_before, s.len() as u64).await),
+        None => None,
+    };
     stop_tx.send_replace(true);
     let outcome = pairs.finish(&rec).await;
+    let noisy = match noisy {
+        Some(n) => Some(n.finish().await),
+        None => None,
+    };
+    drop(stalled);
 
     let (timeline, secs) = live.finish().await;
     let total = rec.total();
@@ -99,6 +128,31 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
         ));
     }
     report.extra.insert("agents".into(), outcome.agents as f64);
+    report.stages = crate::stages::between(&stages_before, &stages_after);
+    if let Some(m) = memory {
+        report.memory = Some(m);
+        report.extra.insert("stalled".into(), cfg.stalled as f64);
+        report.extra.insert(
+            "slow_consumer_closes".into(),
+            crate::stages::edge_counter(
+                &stages_before,
+                &stages_after,
+                "relaydesk_edge_closes_total{code=\"4008\"}",
+            ),
+        );
+    }
+    if let Some(n) = noisy {
+        report.extra.insert("noisy_sent".into(), n.sent as f64);
+        report
+            .extra
+            .insert("noisy_accepted".into(), n.accepted as f64);
+        report
+            .extra
+            .insert("noisy_refused".into(), n.refused as f64);
+        report
+            .extra
+            .insert("noisy_reconnects".into(), n.reconnects as f64);
+    }
     finish_report(&mut report, common, timeline, secs, vec![cpu.fraction()]);
     Ok(report)
 }
@@ -141,6 +195,10 @@ impl World {
             }
         }
         Ok(World { agents, convs })
+    }
+
+    pub fn agents(&self) -> &[Uuid] {
+        &self.agents
     }
 
     pub fn conversations(&self) -> Vec<Uuid> {

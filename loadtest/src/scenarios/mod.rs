@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod connect;
+pub mod disturb;
 pub mod fanout;
 pub mod soak;
 pub mod storm;
