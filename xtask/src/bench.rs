@@ -94,11 +94,8 @@ pub(crate) fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
-pub(crate) fn args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
-
-async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
+/// Builds `loadtest` in release and returns its binary.
+pub(crate) async fn build_loadtest(root: &Path) -> Result<PathBuf> {
     step("building loadtest (release)");
     let status = run_child(
         tokio::process::Command::new(cargo())
@@ -110,7 +107,15 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
     if !status.success() {
         bail!("`cargo build --release -p loadtest` failed ({status})");
     }
-    let bin = target_dir(root).join("release").join("loadtest");
+    Ok(target_dir(root).join("release").join("loadtest"))
+}
+
+pub(crate) fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
+    let bin = build_loadtest(root).await?;
     let out = root.join("docs").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let edges: Vec<String> = env_value(env_file, "EDGE_URLS")

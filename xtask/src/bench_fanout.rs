@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::bench::{self, Run};
 use crate::services::run_child;
-use crate::{cargo, check_interrupted, rel, step, up};
+use crate::{check_interrupted, rel, step, up};
 
 /// The knobs of `cargo xtask bench-fanout`.
 #[derive(Debug, Clone)]
@@ -89,18 +89,7 @@ struct Server {
 }
 
 async fn compare(root: &Path, env_file: &Path, opts: &Options) -> Result<u8> {
-    step("building loadtest (release)");
-    let status = run_child(
-        tokio::process::Command::new(cargo())
-            .args(["build", "--release", "-p", "loadtest"])
-            .current_dir(root),
-        "cargo build",
-    )
-    .await?;
-    if !status.success() {
-        bail!("`cargo build --release -p loadtest` failed ({status})");
-    }
-    let bin = bench::target_dir(root).join("release").join("loadtest");
+    let bin = bench::build_loadtest(root).await?;
     let out = root.join("docs").join("bench").join("fanout-vs-bun");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 

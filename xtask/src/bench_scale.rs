@@ -16,8 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::bench;
-use crate::services::run_child;
-use crate::{cargo, rel, step, up};
+use crate::{rel, step, up};
 
 /// Sockets one edge is given (its default cap is 19,000; the rest is headroom).
 const PER_EDGE: usize = 18_500;
@@ -77,18 +76,7 @@ pub async fn run(root: &Path, opts: &Options) -> Result<u8> {
 }
 
 async fn measure(root: &Path, opts: &Options) -> Result<u8> {
-    step("building loadtest (release)");
-    let status = run_child(
-        tokio::process::Command::new(cargo())
-            .args(["build", "--release", "-p", "loadtest"])
-            .current_dir(root),
-        "cargo build",
-    )
-    .await?;
-    if !status.success() {
-        bail!("`cargo build --release -p loadtest` failed ({status})");
-    }
-    let bin = bench::target_dir(root).join("release").join("loadtest");
+    let bin = bench::build_loadtest(root).await?;
     let out = root.join("docs").join("bench").join("scale");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
