@@ -137,7 +137,7 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
             crate::stages::edge_counter(
                 &stages_before,
                 &stages_after,
-                "relaydesk_edge_closes_total{code=\"4008\"}",
+                "relaydesk_edge_slow_consumer_closes_total",
             ),
         );
     }
