@@ -214,6 +214,9 @@ pub async fn run(
         config,
     });
     tracing::info!(edge_id = %ctx.config.edge_id, prefix = %ctx.keys.prefix(), "edge started");
+    // The connection gauge is exported from the start (0), not from the first connection.
+    // An increment, not a set: edges sharing a process (tests) share the gauge.
+    metrics::gauge!("relaydesk_edge_connections").increment(0.0);
 
     let background = CancellationToken::new();
     // The registry task outlives the ingress and egress tasks so that it can remove
