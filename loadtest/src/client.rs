@@ -177,6 +177,31 @@ async fn connect_inner(url: &str, source: Option<IpAddr>, token: &str) -> Result
     }
 }
 
+/// Pauses between reconnect attempts: 50 ms doubling up to 2 s, each with up to as much
+/// again of jitter (so clients dropped together do not return together).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The pause before the next attempt; the one after it will be twice as long.
+    pub fn pause(&mut self) -> Duration {
+        let pause = self.base + Duration::from_millis(rand_ms(self.base.as_millis() as u64));
+        self.base = (self.base * 2).min(Self::MAX);
+        pause
+    }
+}
+
 /// A small pseudo-random number below `max` (jitter) without a generator dependency.
 pub fn rand_ms(max: u64) -> u64 {
     let n = unix_nanos();

@@ -38,11 +38,6 @@ use uuid::Uuid;
 use crate::client::{self, Ws};
 use crate::stats::{self, Arrival, Rec, SeqSet};
 
-/// First pause before reconnecting (plus up to as much again of jitter).
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest pause between reconnect attempts (before jitter).
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
 /// What a [`Peer`] saw, returned when it stops.
 #[derive(Debug, Default)]
 pub struct PeerState {
@@ -518,11 +513,10 @@ impl Party {
             return Err(reason.to_owned());
         };
         let deadline = Instant::now() + r.give_up;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = client::Backoff::default();
         let mut last = reason.to_owned();
         loop {
-            let pause =
-                backoff + Duration::from_millis(client::rand_ms(backoff.as_millis() as u64));
+            let pause = backoff.pause();
             if Instant::now() + pause >= deadline {
                 return Err(format!(
                     "no edge accepted a reconnect within {:?} (last: {last})",
@@ -543,10 +537,7 @@ impl Party {
             };
             match attempt {
                 Ok((ws, _, _)) => return Ok(Some(ws)),
-                Err(e) => {
-                    last = format!("{url}: {e:#}");
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                Err(e) => last = format!("{url}: {e:#}"),
             }
         }
     }

@@ -297,18 +297,17 @@ impl ClientCtx {
     /// Reconnects with backoff until the resume deadline.
     async fn reconnect(&self, since: Instant) -> Option<Ws> {
         let deadline = since + Duration::from_millis(self.task.resume_timeout_ms);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = client::Backoff::default();
         loop {
-            match self.open().await {
-                Ok(ws) => return Some(ws),
-                Err(_) if Instant::now() + backoff < deadline => {
-                    self.rec.add(stats::CONNECT_FAILED, 1);
-                    let jitter = Duration::from_millis(client::rand_ms(backoff.as_millis() as u64));
-                    tokio::time::sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(_) => return None,
+            if let Ok(ws) = self.open().await {
+                return Some(ws);
             }
+            let pause = backoff.pause();
+            if Instant::now() + pause >= deadline {
+                return None;
+            }
+            self.rec.add(stats::CONNECT_FAILED, 1);
+            tokio::time::sleep(pause).await;
         }
     }
 
