@@ -337,16 +337,26 @@ pub async fn scrape(api: &Api, url: &str, metrics_url: &str) -> EdgeSample {
         url: url.to_owned(),
         ..EdgeSample::default()
     };
-    if let Ok(r) = api.http().get(metrics_url).send().await {
-        if let Ok(text) = r.text().await {
-            s.connections = prometheus_value(&text, "relaydesk_edge_connections");
-            if let Some(v) = prometheus_value(&text, "process_resident_memory_bytes") {
-                s.rss_bytes = Some(v as u64);
-                s.rss_source = Some("process_resident_memory_bytes".into());
-            }
+    if let Some(text) = metrics_text(api, metrics_url).await {
+        s.connections = prometheus_value(&text, "relaydesk_edge_connections");
+        if let Some(v) = prometheus_value(&text, "process_resident_memory_bytes") {
+            s.rss_bytes = Some(v as u64);
+            s.rss_source = Some("process_resident_memory_bytes".into());
         }
     }
     s
+}
+
+/// A process's `/metrics` text; `None` when it cannot be read.
+pub async fn metrics_text(api: &Api, metrics_url: &str) -> Option<String> {
+    api.http()
+        .get(metrics_url)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
 }
 
 /// Samples every edge: `/metrics` first, `/proc` (with `--edge-pid`) for memory otherwise.

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::setup::{Api, Target};
+use crate::setup::{metrics_text, prometheus_value, Api, Target};
 
 /// The stages, in message order: (metric, where it is exported, what it measures).
 const STAGES: &[(&str, Exporter, &str)] = &[
@@ -55,21 +55,17 @@ pub struct Snapshot {
 
 /// Reads every edge's and core-api's `/metrics`.
 pub async fn snapshot(api: &Api, target: &Target) -> Snapshot {
-    let get = |url: String| async move {
-        match api.http().get(url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    };
     let mut edges = Vec::new();
     for i in 0..target.edges.len() {
         if let Some(url) = target.edge_metrics_url(i) {
-            edges.push(get(url).await);
+            edges.push(metrics_text(api, &url).await.unwrap_or_default());
         }
     }
     Snapshot {
         edges,
-        core: get(target.core_metrics_url()).await,
+        core: metrics_text(api, &target.core_metrics_url())
+            .await
+            .unwrap_or_default(),
     }
 }
 
@@ -114,14 +110,13 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> Vec<Stage> {
     out
 }
 
-/// How much the counter series `series` (name and labels exactly as exported) grew over
-/// all edges between two snapshots.
-pub fn edge_counter(before: &Snapshot, after: &Snapshot, series: &str) -> f64 {
+/// How much the counter `name` (all its label sets) grew over all edges between two
+/// snapshots.
+pub fn edge_counter(before: &Snapshot, after: &Snapshot, name: &str) -> f64 {
     let sum = |s: &Snapshot| -> f64 {
         s.edges
             .iter()
-            .flat_map(|t| t.lines())
-            .filter_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .filter_map(|t| prometheus_value(t, name))
             .sum()
     };
     sum(after) - sum(before)

@@ -77,10 +77,14 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     let api = common.api().await?;
     let tenant = api.tenant(&common.target.operator_token).await?;
     let world = World::create(&api, &tenant, cfg.conversations, cfg.per_agent).await?;
-    let edges_before = setup::sample_edges(&api, &common.target).await;
+    // With stalled clients, the edges' memory before them (for their cost per socket).
     let stalled = match cfg.stalled {
         0 => None,
-        n => Some(Stalled::open(common, &api, &tenant, world.agents(), n).await?),
+        n => {
+            let before = setup::sample_edges(&api, &common.target).await;
+            let s = Stalled::open(common, &api, &tenant, world.agents(), n).await?;
+            Some((s, before))
+        }
     };
     let noisy = match cfg.noisy_rate {
         r if r > 0.0 => Some(Noisy::start(common, &api, r).await?),
@@ -100,8 +104,12 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     let send_secs = send_start.elapsed().as_secs_f64();
     settle(cfg.grace, || settled(&rec)).await;
     let stages_after = crate::stages::snapshot(&api, &common.target).await;
-    let memory = match &stalled {
-        Some(s) => Some(memory(&api, &common.target, edges_before, s.len() as u64).await),
+    let memory = match stalled {
+        Some((s, before)) => {
+            let m = memory(&api, &common.target, before, s.len() as u64).await;
+            drop(s);
+            Some(m)
+        }
         None => None,
     };
     stop_tx.send_replace(true);
@@ -110,7 +118,6 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
         Some(n) => Some(n.finish().await),
         None => None,
     };
-    drop(stalled);
 
     let (timeline, secs) = live.finish().await;
     let total = rec.total();
