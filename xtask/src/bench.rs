@@ -26,26 +26,58 @@ pub(crate) struct Run {
 }
 
 pub async fn run(root: &Path) -> Result<u8> {
-    let env_file = root.join(".relaydesk").join("dev.env");
-    let started = if stack_ready(&env_file).await {
+    let stack = Stack::use_or_start(root, 2).await?;
+    let result = suite(root, &stack.env_file).await;
+    stack.stop_if_started(root);
+    result
+}
+
+/// The stack a bench runs against: the running one (`.relaydesk/dev.env` answering
+/// `/readyz`) when it has at least the edges needed, or one it starts like
+/// `cargo xtask up --detach --edges N` and stops at the end.
+pub(crate) struct Stack {
+    pub(crate) env_file: PathBuf,
+    started: bool,
+}
+
+impl Stack {
+    pub(crate) async fn use_or_start(root: &Path, edges: usize) -> Result<Stack> {
+        let env_file = root.join(".relaydesk").join("dev.env");
+        if stack_ready(&env_file).await {
+            let running = edge_pids(root).len();
+            if running < edges {
+                bail!(
+                    "the running stack has {running} edges and {edges} are needed: stop it \
+                     with `cargo xtask down` (the bench then starts its own)"
+                );
+            }
+            step(format!(
+                "using the running stack ({})",
+                rel(root, &env_file)
+            ));
+            return Ok(Stack {
+                env_file,
+                started: false,
+            });
+        }
         step(format!(
-            "using the running stack ({})",
-            rel(root, &env_file)
+            "no running stack: starting one (as `cargo xtask up --detach --edges {edges}`)"
         ));
-        false
-    } else {
-        step("no running stack: starting one (as `cargo xtask up --detach`)");
-        up::up(root, true, 2).await?;
-        true
-    };
-    let result = suite(root, &env_file).await;
-    if started {
-        step("stopping the stack this bench started");
-        if let Err(e) = up::down(root) {
-            eprintln!("xtask: {e:#}");
+        up::up(root, true, edges).await?;
+        Ok(Stack {
+            env_file,
+            started: true,
+        })
+    }
+
+    pub(crate) fn stop_if_started(self, root: &Path) {
+        if self.started {
+            step("stopping the stack this bench started");
+            if let Err(e) = up::down(root) {
+                eprintln!("xtask: {e:#}");
+            }
         }
     }
-    result
 }
 
 pub(crate) fn env_value(env_file: &Path, key: &str) -> Option<String> {
@@ -79,12 +111,7 @@ pub(crate) fn edge_pids(root: &Path) -> Vec<String> {
         .filter(|(k, _)| k.starts_with("edge-"))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect();
-    // By number: edge-10 after edge-9.
-    pids.sort_by_key(|(k, _)| {
-        k.trim_start_matches("edge-")
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
+    pids.sort_by_key(|(k, _)| up::edge_number(k));
     pids.into_iter().map(|(_, v)| v).collect()
 }
 

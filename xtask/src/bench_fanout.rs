@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::bench::{self, Run};
 use crate::services::run_child;
-use crate::{check_interrupted, rel, step, up};
+use crate::{check_interrupted, rel, step};
 
 /// The knobs of `cargo xtask bench-fanout`.
 #[derive(Debug, Clone)]
@@ -58,25 +58,9 @@ pub async fn run(root: &Path, opts: &Options) -> Result<u8> {
     if opts.from_reports {
         return rewrite(root, opts).await;
     }
-    let env_file = root.join(".relaydesk").join("dev.env");
-    let started = if bench::stack_ready(&env_file).await {
-        step(format!(
-            "using the running stack ({})",
-            rel(root, &env_file)
-        ));
-        false
-    } else {
-        step("no running stack: starting one (as `cargo xtask up --detach`)");
-        up::up(root, true, 2).await?;
-        true
-    };
-    let result = compare(root, &env_file, opts).await;
-    if started {
-        step("stopping the stack this bench started");
-        if let Err(e) = up::down(root) {
-            eprintln!("xtask: {e:#}");
-        }
-    }
+    let stack = bench::Stack::use_or_start(root, 2).await?;
+    let result = compare(root, &stack.env_file, opts).await;
+    stack.stop_if_started(root);
     result
 }
 

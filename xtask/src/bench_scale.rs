@@ -44,34 +44,9 @@ pub async fn run(root: &Path, opts: &Options) -> Result<u8> {
             up::MAX_EDGES
         );
     }
-    let env_file = root.join(".relaydesk").join("dev.env");
-    let started = if bench::stack_ready(&env_file).await {
-        let running = bench::edge_pids(root).len();
-        if running < edges {
-            bail!(
-                "the running stack has {running} edges and {edges} are needed: stop it with \
-                 `cargo xtask down` (this command then starts its own)"
-            );
-        }
-        step(format!(
-            "using the running stack ({})",
-            rel(root, &env_file)
-        ));
-        false
-    } else {
-        step(format!(
-            "no running stack: starting one with {edges} edges (as `cargo xtask up --detach --edges {edges}`)"
-        ));
-        up::up(root, true, edges).await?;
-        true
-    };
+    let stack = bench::Stack::use_or_start(root, edges).await?;
     let result = measure(root, opts).await;
-    if started {
-        step("stopping the stack this bench started");
-        if let Err(e) = up::down(root) {
-            eprintln!("xtask: {e:#}");
-        }
-    }
+    stack.stop_if_started(root);
     result
 }
 

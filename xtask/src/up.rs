@@ -294,6 +294,13 @@ pub fn down(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Orders `edge-N` service names by number (`edge-10` after `edge-9`).
+pub(crate) fn edge_number(name: &str) -> usize {
+    name.trim_start_matches("edge-")
+        .parse()
+        .unwrap_or(usize::MAX)
+}
+
 /// How long a restarted edge may take to drain and exit before it is killed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -342,11 +349,7 @@ pub async fn restart_edges(root: &Path, pause: Duration) -> Result<u8> {
         .filter(|(name, _)| name.starts_with("edge-"))
         .map(|(name, pid)| (name.to_owned(), pid))
         .collect();
-    edges.sort_by_key(|(name, _)| {
-        name.trim_start_matches("edge-")
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
+    edges.sort_by_key(|(name, _)| edge_number(name));
     if edges.len() != ports.len() {
         bail!(
             "{} lists {} edges but {} has {} edge URLs",
