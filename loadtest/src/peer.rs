@@ -61,8 +61,6 @@ pub enum Out {
         n: u64,
         body_bytes: Option<usize>,
     },
-    /// Any other frame.
-    Raw(String),
 }
 
 /// How a peer reconnects after its connection is closed or lost.
@@ -152,10 +150,6 @@ impl Peer {
             n,
             body_bytes: self.body_bytes,
         });
-    }
-
-    pub fn raw(&self, frame: String) {
-        let _ = self.tx.send(Out::Raw(frame));
     }
 
     /// Waits for the peer's task (after `stop` was set) and returns what it saw.
@@ -405,7 +399,6 @@ impl Party {
                 );
                 frame
             }
-            Out::Raw(s) => s.into(),
         }
     }
 
