@@ -35,6 +35,15 @@ pub struct Config {
     pub connect_token_ttl: Duration,
     /// Lifetime of agent and visitor API tokens (`SESSION_TTL_SECS`, default 43200).
     pub session_ttl: Duration,
+    /// Delay before a failed webhook delivery's first retry; it doubles with each attempt
+    /// up to an hour (`WEBHOOK_RETRY_BASE_MS`, default 5000).
+    pub webhook_retry_base: Duration,
+    /// Attempts of a webhook delivery before it is marked failed (`WEBHOOK_MAX_ATTEMPTS`,
+    /// default 12).
+    pub webhook_max_attempts: u32,
+    /// An online agent whose every console connection has been gone this long becomes
+    /// `away` (`AGENT_AWAY_GRACE_MS`, default 60000).
+    pub away_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +78,9 @@ impl Config {
             egress_maxlen: 100_000,
             connect_token_ttl: Duration::from_secs(3600),
             session_ttl: Duration::from_secs(12 * 3600),
+            webhook_retry_base: Duration::from_secs(5),
+            webhook_max_attempts: 12,
+            away_grace: Duration::from_secs(60),
         }
     }
 
@@ -118,6 +130,27 @@ impl Config {
             c.connect_token_ttl.as_secs(),
         )?);
         c.session_ttl = Duration::from_secs(parse("SESSION_TTL_SECS", c.session_ttl.as_secs())?);
+        c.webhook_retry_base = Duration::from_millis(parse(
+            "WEBHOOK_RETRY_BASE_MS",
+            c.webhook_retry_base.as_millis() as u64,
+        )?);
+        if c.webhook_retry_base.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOK_RETRY_BASE_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        c.webhook_max_attempts = parse("WEBHOOK_MAX_ATTEMPTS", c.webhook_max_attempts)?;
+        if c.webhook_max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOK_MAX_ATTEMPTS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        c.away_grace = Duration::from_millis(parse(
+            "AGENT_AWAY_GRACE_MS",
+            c.away_grace.as_millis() as u64,
+        )?);
         Ok(c)
     }
 }

@@ -286,6 +286,7 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
                     client_id: id.clone(),
                     kind: kind.clone(),
                     body: body.clone(),
+                    broadcast: false,
                 });
                 send_meta.push((src, *rx_us));
             }
@@ -303,12 +304,14 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
     }
 
     let mut outs = Vec::new();
+    let mut wake = Vec::new();
     if !sends.is_empty() {
         let started = Instant::now();
-        let outcomes = store::commit_sends(&state.pool, &sends).await?;
+        let committed = store::commit_sends(&state.pool, &sends).await?;
         metrics::histogram!("relaydesk_core_commit_seconds")
             .record(started.elapsed().as_secs_f64());
-        outs.extend(send_outputs(state, &sends, &outcomes, &send_meta).await?);
+        outs.extend(send_outputs(state, &sends, &committed.outcomes, &send_meta).await?);
+        wake = committed.wake;
     }
     for (src, conv, after) in subs {
         outs.extend(replay(state, src, conv, after).await?);
@@ -321,6 +324,11 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
         outs.extend(read_events(state, &reads).await?);
     }
     state.fanout.publish(&outs).await?;
+    // Reopen what visitors wrote to, before the XACK: a crash here leaves the entry
+    // pending, and its reclaim (a dedupe hit on a still-resolved conversation) wakes it.
+    for (tenant, conv, visitor) in wake {
+        crate::lifecycle::wake(state, tenant, conv, visitor).await?;
+    }
     if let Some(rx) = send_meta.iter().map(|(_, rx)| *rx).min() {
         let now_us = crate::fanout::now_ms() * 1000;
         metrics::histogram!("relaydesk_core_accept_latency_seconds")
@@ -520,6 +528,12 @@ async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
         })
         .collect();
     state.fanout.register_conv_edges(&entries).await?;
+    let staff: Vec<(Uuid, Uuid)> = hellos
+        .iter()
+        .filter(|s| s.role.is_staff())
+        .map(|s| (s.tenant, s.principal))
+        .collect();
+    crate::presence::seen(state, &staff).await?;
 
     let mut heads: HashMap<(Uuid, Uuid), u64> = HashMap::new();
     for tenant in by_tenant.keys() {

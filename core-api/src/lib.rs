@@ -7,13 +7,19 @@
 //! Invariant: core-api never holds a client socket; edges never touch PostgreSQL.
 
 pub mod auth;
+pub mod blast;
 pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod fanout;
 pub mod http;
+pub mod lifecycle;
+pub mod presence;
+pub mod routing;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,8 +90,9 @@ impl AppState {
     }
 }
 
-/// Serves the HTTP API on `listener` and runs the ingress consumer until `shutdown`
-/// resolves; then stops taking requests, finishes the batch in hand, and returns.
+/// Serves the HTTP API on `listener` and runs the ingress consumer and the webhook sender
+/// until `shutdown` resolves; then stops taking requests, finishes the batch in hand, and
+/// returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -96,6 +103,8 @@ pub async fn run(
     let reader = redis_client(&state.config.redis_url).await?;
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(consumer::run(state.clone(), reader, stop.clone()));
+    let webhooks = tokio::spawn(webhooks::run(state.clone(), stop.clone()));
+    let sweeper = tokio::spawn(presence::run(state.clone(), stop.clone()));
     let app = http::router(state.clone());
     let stop_http = stop.clone();
     tracing::info!(addr = ?listener.local_addr().ok(), core = %state.config.core_id, "core-api listening");
@@ -107,5 +116,7 @@ pub async fn run(
         .await;
     stop.cancel();
     let _ = consumer.await;
+    let _ = webhooks.await;
+    let _ = sweeper.await;
     served.map_err(|e| Error::Internal(format!("http server: {e}")))
 }

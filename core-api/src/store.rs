@@ -30,6 +30,9 @@ pub struct NewMessage {
     pub client_id: String,
     pub kind: String,
     pub body: Value,
+    /// Sent by the tenant to many (a blast), not a reply: it does not stop the
+    /// conversation's first-response clock.
+    pub broadcast: bool,
 }
 
 /// The outcome of one [`NewMessage`].
@@ -54,12 +57,18 @@ pub struct ConvRef {
     pub assignee_id: Option<Uuid>,
     pub status: String,
     pub last_seq: i64,
+    /// Agents taking part (the assignee, supervisors who joined); not those who left.
+    pub participants: Vec<Uuid>,
+    /// Resolved, and still within its support type's reopen window.
+    pub reopenable: bool,
 }
 
 /// Whether `who` (`role`) may read and write the conversation. Visitors learn nothing of
-/// conversations that are not theirs (`not_found`); agents and bots work on what is
-/// assigned to them or waiting in the queue; supervisors and admins on everything.
+/// conversations that are not theirs (`not_found`); agents work on what they take part
+/// in or what waits in the queue; bots only on what they hold (so a bot that handed a
+/// conversation off is refused); supervisors and admins on everything.
 pub fn check_access(conv: &ConvRef, who: Uuid, role: Role) -> Result<()> {
+    let takes_part = conv.assignee_id == Some(who) || conv.participants.contains(&who);
     let allowed = match role {
         Role::Visitor => {
             if conv.visitor_id != who {
@@ -67,7 +76,8 @@ pub fn check_access(conv: &ConvRef, who: Uuid, role: Role) -> Result<()> {
             }
             true
         }
-        Role::Agent | Role::Bot => conv.assignee_id == Some(who) || conv.status == "queued",
+        Role::Agent => takes_part || conv.status == "queued",
+        Role::Bot => takes_part && conv.status != "resolved",
         Role::Supervisor | Role::Admin => true,
     };
     if allowed {
@@ -98,7 +108,13 @@ fn validate(m: &NewMessage) -> Result<()> {
     }
 }
 
-const CONV_COLUMNS: &str = "id, visitor_id, assignee_id, status, last_seq";
+/// What [`conv_ref`] reads, from `conversations c` joined with `support_types s`.
+const CONV_COLUMNS: &str = "c.id, c.visitor_id, c.assignee_id, c.status, c.last_seq,
+    ARRAY(SELECT p.agent_id FROM participants p
+           WHERE p.tenant_id = c.tenant_id AND p.conversation_id = c.id AND p.left_at IS NULL),
+    c.resolved_at IS NOT NULL AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now()";
+const CONV_FROM: &str = "conversations c
+    JOIN support_types s ON s.tenant_id = c.tenant_id AND s.key = c.support_type";
 
 fn conv_ref(row: &tokio_postgres::Row) -> ConvRef {
     ConvRef {
@@ -107,12 +123,15 @@ fn conv_ref(row: &tokio_postgres::Row) -> ConvRef {
         assignee_id: row.get(2),
         status: row.get(3),
         last_seq: row.get(4),
+        participants: row.get(5),
+        reopenable: row.get(6),
     }
 }
 
 /// Reads one conversation for an access decision (no lock).
 pub async fn conv(tx: &Transaction<'_>, tenant: Uuid, id: Uuid) -> Result<ConvRef> {
-    let sql = format!("SELECT {CONV_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2");
+    let sql =
+        format!("SELECT {CONV_COLUMNS} FROM {CONV_FROM} WHERE c.tenant_id = $1 AND c.id = $2");
     let row = tx
         .query_opt(&sql, &[&tenant, &id])
         .await?
@@ -120,8 +139,19 @@ pub async fn conv(tx: &Transaction<'_>, tenant: Uuid, id: Uuid) -> Result<ConvRe
     Ok(conv_ref(&row))
 }
 
+/// The result of [`commit_sends`].
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// One per input, in input order.
+    pub outcomes: Vec<Outcome>,
+    /// (tenant, conversation, visitor): a visitor wrote to a resolved or snoozed
+    /// conversation, which `lifecycle::wake` reopens now that the message is committed.
+    pub wake: Vec<(Uuid, Uuid, Uuid)>,
+}
+
 /// Commits a batch in one transaction; one [`Outcome`] per input, in input order.
-pub async fn commit_sends(pool: &Pool, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+pub async fn commit_sends(pool: &Pool, batch: &[NewMessage]) -> Result<Committed> {
+    let mut wake = Vec::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
     let mut by_tenant: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
     for (i, m) in batch.iter().enumerate() {
@@ -139,14 +169,15 @@ pub async fn commit_sends(pool: &Pool, batch: &[NewMessage]) -> Result<Vec<Outco
             .get(0);
         for (tenant, idx) in &by_tenant {
             db::set_tenant(&tx, *tenant).await?;
-            commit_tenant(&tx, *tenant, batch, idx, ts, &mut outcomes).await?;
+            commit_tenant(&tx, *tenant, batch, idx, ts, &mut outcomes, &mut wake).await?;
         }
         tx.commit().await?;
     }
-    Ok(outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| refused(Error::Internal("message left undecided".into()))))
-        .collect())
+        .collect();
+    Ok(Committed { outcomes, wake })
 }
 
 fn refused(e: Error) -> Outcome {
@@ -163,13 +194,16 @@ async fn commit_tenant(
     idx: &[usize],
     ts: i64,
     outcomes: &mut [Option<Outcome>],
+    wake: &mut Vec<(Uuid, Uuid, Uuid)>,
 ) -> Result<()> {
     // 1. Lock the conversations, in id order.
     let mut conv_ids: Vec<Uuid> = idx.iter().map(|&i| batch[i].conv).collect();
     conv_ids.sort();
     conv_ids.dedup();
-    let sql =
-        format!("SELECT {CONV_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE");
+    let sql = format!(
+        "SELECT {CONV_COLUMNS} FROM {CONV_FROM}
+          WHERE c.tenant_id = $1 AND c.id = ANY($2) ORDER BY c.id FOR UPDATE OF c"
+    );
     let mut convs: HashMap<Uuid, ConvRef> = tx
         .query(&sql, &[&tenant, &conv_ids])
         .await?
@@ -183,13 +217,26 @@ async fn commit_tenant(
         let m = &batch[i];
         let access = match convs.get(&m.conv) {
             None => Err(Error::not_found("conversation")),
-            Some(c) if c.status == "resolved" && m.from.role == Role::Visitor => Err(
-                Error::client(ErrorCode::Forbidden, "conversation is resolved"),
-            ),
+            Some(c) if c.status == "resolved" && m.from.role == Role::Visitor && !c.reopenable => {
+                Err(Error::client(
+                    ErrorCode::Forbidden,
+                    "conversation is resolved",
+                ))
+            }
             Some(c) => check_access(c, m.from.id, m.from.role),
         };
         match access {
-            Ok(()) => admitted.push(i),
+            Ok(()) => {
+                // A visitor writing to a resolved (within the window) or snoozed
+                // conversation reopens it once this batch has committed.
+                let c = convs.get(&m.conv);
+                if m.from.role == Role::Visitor
+                    && c.is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
+                {
+                    wake.push((tenant, m.conv, m.from.id));
+                }
+                admitted.push(i)
+            }
             Err(e) => outcomes[i] = Some(refused(e)),
         }
     }
@@ -289,6 +336,41 @@ async fn commit_tenant(
         &[&tenant, &ids, &seqs],
     )
     .await?;
+
+    // 6. The first reply of the tenant's side starts the first-response clock's stop.
+    let replied: Vec<Uuid> = ins
+        .conv
+        .iter()
+        .zip(&ins.replies)
+        .filter(|(_, reply)| **reply)
+        .map(|(c, _)| *c)
+        .collect();
+    if !replied.is_empty() {
+        let rows = tx
+            .query(
+                "UPDATE conversations SET first_response_at = now()
+                  WHERE tenant_id = $1 AND id = ANY($2) AND first_response_at IS NULL
+              RETURNING support_type, extract(epoch FROM now() - created_at)::float8",
+                &[&tenant, &replied],
+            )
+            .await?;
+        for r in rows {
+            metrics::histogram!("relaydesk_core_first_response_seconds", "support_type" => r.get::<_, String>(0))
+                .record(r.get::<_, f64>(1).max(0.0));
+        }
+    }
+
+    // 7. `message.created` for the tenant's webhooks, in the same transaction.
+    let hooks: Vec<Value> = (0..ins.conv.len())
+        .map(|i| {
+            serde_json::json!({
+                "conversation": {"id": ins.conv[i]},
+                "message": {"id": ins.id[i], "seq": ins.seq[i], "kind": ins.kind[i], "body": ins.body[i],
+                            "from": {"id": ins.sender[i], "role": ins.role[i], "name": ins.name[i]}},
+            })
+        })
+        .collect();
+    crate::events::enqueue_many(tx, tenant, crate::events::hook::MESSAGE_CREATED, &hooks).await?;
     Ok(())
 }
 
@@ -304,6 +386,8 @@ struct Inserts {
     client: Vec<String>,
     kind: Vec<String>,
     body: Vec<Value>,
+    /// Counts as the first response of its conversation (a staff text, not a blast).
+    replies: Vec<bool>,
 }
 
 impl Inserts {
@@ -317,6 +401,8 @@ impl Inserts {
         self.client.push(m.client_id.clone());
         self.kind.push(m.kind.clone());
         self.body.push(m.body.clone());
+        self.replies
+            .push(m.from.role.is_staff() && m.kind == "text" && !m.broadcast);
     }
 }
 

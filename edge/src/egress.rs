@@ -120,6 +120,12 @@ enum Item {
         agents_only: bool,
         frame: Bytes,
     },
+    ToPrincipal {
+        tenant: uuid::Uuid,
+        principal: uuid::Uuid,
+        unsub: Option<uuid::Uuid>,
+        frame: Bytes,
+    },
 }
 
 fn parse_entry(e: Entry) -> Option<Item> {
@@ -190,6 +196,16 @@ fn parse_entry(e: Entry) -> Option<Item> {
             agents_only,
             frame,
         },
+        Egress::ToPrincipal {
+            tenant,
+            principal,
+            unsub,
+        } => Item::ToPrincipal {
+            tenant,
+            principal,
+            unsub,
+            frame,
+        },
     })
 }
 
@@ -248,6 +264,12 @@ fn dispatch(ctx: &Ctx, entries: Vec<Entry>) {
                 } => {
                     hub.event(tenant, conv, exclude, agents_only, &frame);
                 }
+                Item::ToPrincipal {
+                    tenant,
+                    principal,
+                    unsub,
+                    frame,
+                } => hub.to_principal(tenant, principal, unsub, &frame),
             }
         }
     }

@@ -600,6 +600,33 @@ impl Hub {
         }
     }
 
+    /// `Egress::ToPrincipal`: a frame for every local connection of (tenant, principal);
+    /// with `unsub`, each first stops receiving that conversation.
+    pub fn to_principal(
+        &mut self,
+        tenant: Uuid,
+        principal: Uuid,
+        unsub: Option<Uuid>,
+        frame: &Bytes,
+    ) {
+        let ids: Vec<u64> = self.by_principal.conns((tenant, principal)).collect();
+        let limit = self.early_limit;
+        for id in ids {
+            if let Some(conv) = unsub {
+                self.unsub(id, conv);
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.src.tenant != tenant {
+                continue;
+            }
+            if !frame.is_empty() {
+                c.push(frame.clone(), limit);
+            }
+        }
+    }
+
     /// `Egress::Event` (and local typing): a frame for every local subscriber of (tenant,
     /// conv) except connections of `exclude`; `agents_only` skips visitors.
     pub fn event(

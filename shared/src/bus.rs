@@ -74,6 +74,23 @@ impl Keys {
         format!("{}:ce:{{{tenant}:{conv}}}", self.prefix)
     }
 
+    /// Staff whose consoles were connected: hash of `tenant:agent` → last time (Unix
+    /// ms) core-api saw them connected. Read by the availability sweep.
+    pub fn staff_seen(&self) -> String {
+        format!("{}:{{staff-seen}}", self.prefix)
+    }
+
+    /// Tenants that may have queued conversations (a set), drained by the sweep.
+    pub fn queued_tenants(&self) -> String {
+        format!("{}:{{queued-tenants}}", self.prefix)
+    }
+
+    /// Snoozed conversations with a wake-up time: sorted set of `tenant:conv` scored by
+    /// that time (Unix ms).
+    pub fn snoozes(&self) -> String {
+        format!("{}:{{snoozes}}", self.prefix)
+    }
+
     /// Registry: edges holding at least one connection of a principal.
     pub fn principal_edges(&self, tenant: Uuid, principal: Uuid) -> String {
         format!("{}:pe:{{{tenant}:{principal}}}", self.prefix)
@@ -173,6 +190,15 @@ pub enum Egress {
         principal: Uuid,
         conv: Uuid,
         head: u64,
+    },
+    /// A frame (a `conv` event of the queue, a presence update) for every local
+    /// connection of (tenant, principal). With `unsub`, those connections first stop
+    /// receiving that conversation (it was transferred away from the principal).
+    ToPrincipal {
+        tenant: Uuid,
+        principal: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unsub: Option<Uuid>,
     },
     /// A non-message frame (`read`, `typing`, `conv`) for the subscribers of (tenant,
     /// conv), except connections of `exclude`; `agents_only` skips visitors.

@@ -124,6 +124,16 @@ pub enum ServerFrame {
         status: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         assignee: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        support_type: Option<String>,
+        /// Why (a resolution or escalation reason, `handoff`, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// An agent's availability changed (to supervisors and the agent's own consoles).
+    Presence {
+        agent: Uuid,
+        status: String,
     },
     Pong,
 }
@@ -139,6 +149,29 @@ pub enum ConvEvent {
     Escalated,
     Resolved,
     Reopened,
+    /// Set aside until the visitor writes again (or `snoozed_until`).
+    Snoozed,
+    /// Another agent (a supervisor) joined as a participant.
+    Joined,
+    /// Tags or priority changed.
+    Updated,
+}
+
+impl ConvEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvEvent::Created => "created",
+            ConvEvent::Queued => "queued",
+            ConvEvent::Assigned => "assigned",
+            ConvEvent::Transferred => "transferred",
+            ConvEvent::Escalated => "escalated",
+            ConvEvent::Resolved => "resolved",
+            ConvEvent::Reopened => "reopened",
+            ConvEvent::Snoozed => "snoozed",
+            ConvEvent::Joined => "joined",
+            ConvEvent::Updated => "updated",
+        }
+    }
 }
 
 impl ServerFrame {

@@ -2,24 +2,24 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use rand::seq::SliceRandom;
 use relaydesk_shared::token::{Claims, Role, AUD_API, AUD_EDGE};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{
-    AgentBody, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody,
+    AgentBody, AgentList, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody,
 };
 use super::ApiJson;
 use crate::auth::{self, Caller};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::AppState;
+use crate::{lifecycle, AppState};
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewTenant {
@@ -253,13 +253,151 @@ pub async fn set_status(
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let row = tx
         .query_opt(
-            "UPDATE agents SET status = $3 WHERE tenant_id = $1 AND id = $2
+            "UPDATE agents SET status = $3,
+                    status_changed_at = CASE WHEN status = $3 THEN status_changed_at ELSE now() END
+              WHERE tenant_id = $1 AND id = $2
              RETURNING id, name, email, role, kind, max_concurrent, status",
             &[&tenant, &id, &req.status],
         )
         .await?
         .ok_or_else(|| Error::not_found("agent"))?;
     tx.commit().await?;
+    drop(client);
+    crate::presence::announce(&state, tenant, id, &req.status).await;
+    if req.status == "online" {
+        lifecycle::agent_available(&state, tenant).await;
+    }
+    let agent = agent_json(
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    );
+    Ok(Json(json!({ "agent": agent })))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AgentPage {
+    /// 1-200, default 100.
+    #[serde(default)]
+    limit: Option<i64>,
+    /// The last agent id of the previous page.
+    #[serde(default)]
+    cursor: Option<Uuid>,
+}
+
+/// `GET /v1/agents` (supervisors, admins, API key): every agent with status and load.
+#[utoipa::path(get, path = "/v1/agents", security(("bearer" = [])), params(AgentPage),
+    responses((status = 200, body = AgentList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_agents(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(page): Query<AgentPage>,
+) -> Result<Json<Value>> {
+    let tenant = match caller {
+        Caller::Agent { tenant, role, .. } if role.is_supervisor() => tenant,
+        _ => caller.tenant_admin()?,
+    };
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=200).contains(&limit) {
+        return Err(Error::bad_request("limit must be 1-200"));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let rows = tx
+        .query(
+            "SELECT id, name, email, role, kind, max_concurrent, status, open_count,
+                    (extract(epoch FROM last_assigned_at) * 1000)::int8
+               FROM agents WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+              ORDER BY id LIMIT $3",
+            &[&tenant, &page.cursor, &(limit + 1)],
+        )
+        .await?;
+    tx.commit().await?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let agents: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut a = agent_json(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            );
+            a["open_conversations"] = json!(r.get::<_, i32>(7));
+            a["last_assigned_at"] = json!(r.get::<_, Option<i64>>(8));
+            a
+        })
+        .collect();
+    let next = more
+        .then(|| rows.last().map(|r| r.get::<_, Uuid>(0)))
+        .flatten();
+    Ok(Json(json!({ "agents": agents, "next_cursor": next })))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AgentUpdate {
+    #[serde(default)]
+    name: Option<String>,
+    /// agent, supervisor or admin.
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    max_concurrent: Option<i32>,
+}
+
+/// `PATCH /v1/agents/{id}` (API key or admin): name, role, capacity. Raising capacity
+/// lets the agent take queued conversations at once.
+#[utoipa::path(patch, path = "/v1/agents/{id}", request_body = AgentUpdate, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "agent id")),
+    responses((status = 200, body = AgentBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn update_agent(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(req): ApiJson<AgentUpdate>,
+) -> Result<Json<Value>> {
+    let tenant = caller.tenant_admin()?;
+    if req
+        .role
+        .as_deref()
+        .is_some_and(|r| !matches!(r, "agent" | "supervisor" | "admin"))
+    {
+        return Err(Error::bad_request(
+            "role must be agent, supervisor or admin",
+        ));
+    }
+    if req.max_concurrent.is_some_and(|m| !(0..=1000).contains(&m)) {
+        return Err(Error::bad_request("max_concurrent must be 0-1000"));
+    }
+    let name = req.name.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.is_empty() || n.len() > 200) {
+        return Err(Error::bad_request("name must be 1-200 characters"));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let row = tx
+        .query_opt(
+            "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
+                    max_concurrent = coalesce($5, max_concurrent)
+              WHERE tenant_id = $1 AND id = $2
+             RETURNING id, name, email, role, kind, max_concurrent, status",
+            &[&tenant, &id, &name, &req.role, &req.max_concurrent],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("agent"))?;
+    tx.commit().await?;
+    drop(client);
+    if req.max_concurrent.is_some() {
+        lifecycle::agent_available(&state, tenant).await;
+    }
     let agent = agent_json(
         row.get(0),
         row.get(1),
@@ -336,7 +474,8 @@ pub async fn connect_token(
     let (token, expires_at) =
         mint_connect_token(&state, tenant, principal, role, name, req.origins)?;
     Ok(Json(
-        json!({"token": token, "expires_at": expires_at, "edge_url": edge_url(&state)}),
+        json!({"token": token, "expires_at": expires_at, "edge_url": edge_url(&state),
+               "edge_urls": state.config.edge_urls}),
     ))
 }
 
@@ -386,6 +525,10 @@ pub struct VisitorIdentity {
     email: Option<String>,
     #[serde(default)]
     hash: Option<String>,
+    /// A JSON object: merged into a verified visitor's attributes, or stored for a new
+    /// anonymous visitor.
+    #[serde(default)]
+    attributes: Option<Value>,
 }
 
 /// `POST /v1/widget/sessions` (public): a visitor, anonymous or verified by the tenant's
@@ -394,10 +537,18 @@ pub struct VisitorIdentity {
     responses((status = 201, body = WidgetSessionBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn widget_session(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<WidgetSession>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let tenant =
         auth::site_key_tenant(&req.site_key).ok_or_else(|| Error::not_found("site key"))?;
+    if let Some(a) = req.visitor.as_ref().and_then(|v| v.attributes.as_ref()) {
+        super::visitors::attributes_object(a)?;
+    }
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| super::visitors::truncated(ua, super::visitors::MAX_USER_AGENT_CHARS));
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let secret: String = tx
@@ -413,6 +564,7 @@ pub async fn widget_session(
         name: None,
         email: None,
         hash: None,
+        attributes: None,
     });
     let visitor: Uuid = match identity.external_id.as_deref().filter(|e| !e.is_empty()) {
         Some(external) => {
@@ -420,13 +572,19 @@ pub async fn widget_session(
             if !auth::identity_hash_valid(&secret, external, hash) {
                 return Err(Error::unauthorized());
             }
+            // Attributes merge unless the result would pass the limit (then the stored
+            // ones stay: a session is never refused for what it would add).
             tx.query_one(
-                "INSERT INTO visitors (tenant_id, id, external_id, name, email, verified)
-                 VALUES ($1, $2, $3, $4, $5, true)
+                "INSERT INTO visitors (tenant_id, id, external_id, name, email, verified, attributes, user_agent)
+                 VALUES ($1, $2, $3, $4, $5, true, coalesce($6, '{}'::jsonb), $7)
                  ON CONFLICT (tenant_id, external_id) WHERE external_id IS NOT NULL
-                 DO UPDATE SET name = coalesce(excluded.name, visitors.name), email = coalesce(excluded.email, visitors.email)
+                 DO UPDATE SET name = coalesce(excluded.name, visitors.name), email = coalesce(excluded.email, visitors.email),
+                    attributes = CASE WHEN octet_length((visitors.attributes || excluded.attributes)::text) <= $8
+                                      THEN visitors.attributes || excluded.attributes ELSE visitors.attributes END,
+                    user_agent = coalesce(excluded.user_agent, visitors.user_agent), last_seen_at = now()
                  RETURNING id",
-                &[&tenant, &Uuid::new_v4(), &external, &identity.name, &identity.email],
+                &[&tenant, &Uuid::new_v4(), &external, &identity.name, &identity.email,
+                  &identity.attributes, &user_agent, &(super::visitors::MAX_ATTRIBUTES_BYTES as i32)],
             )
             .await?
             .get(0)
@@ -434,8 +592,16 @@ pub async fn widget_session(
         None => {
             let id = Uuid::new_v4();
             tx.execute(
-                "INSERT INTO visitors (tenant_id, id, name, email) VALUES ($1, $2, $3, $4)",
-                &[&tenant, &id, &identity.name, &identity.email],
+                "INSERT INTO visitors (tenant_id, id, name, email, attributes, user_agent)
+                 VALUES ($1, $2, $3, $4, coalesce($5, '{}'::jsonb), $6)",
+                &[
+                    &tenant,
+                    &id,
+                    &identity.name,
+                    &identity.email,
+                    &identity.attributes,
+                    &user_agent,
+                ],
             )
             .await?;
             id
@@ -460,6 +626,7 @@ pub async fn widget_session(
             "token": token,
             "connect_token": connect_token,
             "edge_url": edge_url(&state),
+            "edge_urls": state.config.edge_urls,
         })),
     ))
 }

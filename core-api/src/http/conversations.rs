@@ -5,10 +5,8 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use bytes::Bytes;
-use relaydesk_shared::bus::Egress;
 use relaydesk_shared::token::Role;
-use relaydesk_shared::wire::{Actor, ConvEvent, ServerFrame};
+use relaydesk_shared::wire::Actor;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -20,22 +18,27 @@ use crate::auth::Caller;
 use crate::consumer::accepted;
 use crate::db;
 use crate::error::{Error, Result};
-use crate::fanout::Out;
 use crate::store::{self, NewMessage, Outcome};
 use crate::AppState;
+use crate::{events, lifecycle};
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewConversation {
+    /// A support type key; `general` when absent.
     #[serde(default)]
     support_type: Option<String>,
     #[serde(default)]
     subject: Option<String>,
+    /// Required with the API key: whose conversation it is.
     #[serde(default)]
     visitor_id: Option<Uuid>,
+    /// Queue priority (higher first); the support type's when absent.
+    #[serde(default)]
+    priority: Option<i32>,
 }
 
 /// `POST /v1/conversations` (visitor token, or API key with `visitor_id`): creates the
-/// conversation and assigns it to an online agent with free capacity, if any.
+/// conversation and routes it by its support type's strategy (or queues it).
 #[utoipa::path(post, path = "/v1/conversations", request_body = NewConversation, security(("bearer" = [])),
     responses((status = 201, body = ConversationBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
@@ -51,128 +54,27 @@ pub async fn create(
         }
         _ => return Err(Error::forbidden("needs a visitor token or the API key")),
     };
+    if req.subject.as_ref().is_some_and(|s| s.len() > 500) {
+        return Err(Error::bad_request("subject must be at most 500 characters"));
+    }
+    if req.priority.is_some_and(|p| !(-100..=100).contains(&p)) {
+        return Err(Error::bad_request("priority must be -100..100"));
+    }
     let support_type = req.support_type.unwrap_or_else(|| "general".into());
-    let id = Uuid::new_v4();
-    let mut client = state.pool.get().await?;
-    let tx = db::tenant_tx(&mut client, tenant).await?;
-    if tx
-        .query_opt(
-            "SELECT 1 FROM visitors WHERE tenant_id = $1 AND id = $2",
-            &[&tenant, &visitor],
-        )
-        .await?
-        .is_none()
-    {
-        return Err(Error::not_found("visitor"));
-    }
-    if tx
-        .query_opt(
-            "SELECT 1 FROM support_types WHERE tenant_id = $1 AND key = $2",
-            &[&tenant, &support_type],
-        )
-        .await?
-        .is_none()
-    {
-        return Err(Error::not_found("support type"));
-    }
-    // The agent row lock serializes capacity decisions for that agent.
-    let assignee: Option<Uuid> = tx
-        .query_opt(
-            "SELECT a.id FROM agents a
-              WHERE a.tenant_id = $1 AND a.status = 'online'
-                AND a.max_concurrent > (SELECT count(*) FROM conversations c
-                                         WHERE c.tenant_id = a.tenant_id AND c.assignee_id = a.id
-                                           AND c.status = 'assigned')
-              ORDER BY random() LIMIT 1
-              FOR UPDATE OF a",
-            &[&tenant],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let status = if assignee.is_some() {
-        "assigned"
-    } else {
-        "queued"
-    };
-    tx.execute(
-        "INSERT INTO conversations (tenant_id, id, visitor_id, support_type, subject, status, assignee_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&tenant, &id, &visitor, &support_type, &req.subject, &status, &assignee],
+    let created = lifecycle::create(
+        &state,
+        tenant,
+        visitor,
+        &support_type,
+        req.subject.as_deref(),
+        req.priority,
     )
     .await?;
-    tx.commit().await?;
-    drop(client);
-
-    let mut targets = vec![(visitor, ConvEvent::Created)];
-    if let Some(agent) = assignee {
-        targets.push((agent, ConvEvent::Assigned));
-    }
-    if let Err(e) = auto_subscribe(&state, tenant, id, status, assignee, &targets).await {
-        // The conversation exists; clients that missed the event find it on reconnect.
-        tracing::warn!(error = %e, conv = %id, "could not notify connected participants");
-    }
-    let conversation = json!({
-        "id": id, "status": status, "assignee": assignee, "support_type": support_type,
-        "subject": req.subject, "visitor_id": visitor, "tags": [], "last_seq": 0,
-    });
+    events::publish(&state, &created.changes).await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "conversation": conversation })),
+        Json(json!({ "conversation": created.conversation })),
     ))
-}
-
-/// Subscribes every connection of each principal to `conv`, live from its head, and sends
-/// each the `conv` event. The edges are registered before the head is read, so nothing
-/// committed in between is missed.
-async fn auto_subscribe(
-    state: &AppState,
-    tenant: Uuid,
-    conv: Uuid,
-    status: &str,
-    assignee: Option<Uuid>,
-    targets: &[(Uuid, ConvEvent)],
-) -> Result<()> {
-    let keys: Vec<String> = targets
-        .iter()
-        .map(|(p, _)| state.keys.principal_edges(tenant, *p))
-        .collect();
-    let edges = state.fanout.live_edges(&keys).await?;
-    let registrations: Vec<(Uuid, Uuid, String)> = edges
-        .iter()
-        .flatten()
-        .map(|e| (tenant, conv, e.clone()))
-        .collect();
-    if registrations.is_empty() {
-        return Ok(());
-    }
-    state.fanout.register_conv_edges(&registrations).await?;
-    let mut client = state.pool.get().await?;
-    let tx = db::tenant_tx(&mut client, tenant).await?;
-    let head = store::conv(&tx, tenant, conv).await?.last_seq as u64;
-    tx.commit().await?;
-    let mut outs = Vec::new();
-    for ((principal, event), edges) in targets.iter().zip(edges) {
-        let frame = ServerFrame::Conv {
-            conv,
-            event: *event,
-            status: Some(status.to_owned()),
-            assignee,
-        };
-        let frame = Bytes::from(frame.to_json());
-        for edge in edges {
-            outs.push(Out {
-                edge,
-                header: Egress::AutoSub {
-                    tenant,
-                    principal: *principal,
-                    conv,
-                    head,
-                },
-                frame: frame.clone(),
-            });
-        }
-    }
-    state.fanout.publish(&outs).await
 }
 
 /// Who reads: the tenant, and the principal the access rule applies to (`None`: the
@@ -202,29 +104,78 @@ pub async fn get(
     if let Some((principal, role)) = who {
         store::check_access(&c, principal, role)?;
     }
+    let conversation =
+        conversation_json(&tx, tenant, id, who.is_none_or(|(_, r)| r.is_staff())).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "conversation": conversation })))
+}
+
+/// The columns of a conversation's JSON (table alias `c`), in [`conversation_from_row`]'s order.
+pub(super) const CONVERSATION_COLUMNS: &str =
+    "c.id, c.status, c.assignee_id, c.support_type, c.subject, c.visitor_id,
+    c.tags, c.last_seq, (extract(epoch FROM c.created_at) * 1000)::int8, c.priority,
+    c.resolution_reason, (extract(epoch FROM c.resolved_at) * 1000)::int8,
+    (extract(epoch FROM c.first_response_at) * 1000)::int8, c.csat_score, c.csat_comment,
+    (extract(epoch FROM c.queued_at) * 1000)::int8, (extract(epoch FROM c.updated_at) * 1000)::int8,
+    ARRAY(SELECT p.agent_id FROM participants p
+           WHERE p.tenant_id = c.tenant_id AND p.conversation_id = c.id AND p.left_at IS NULL),
+    (extract(epoch FROM c.updated_at) * 1000000)::int8";
+
+/// A conversation as the API shows it; `staff` adds what visitors do not see.
+pub(super) fn conversation_from_row(r: &tokio_postgres::Row, staff: bool) -> Value {
+    let mut v = json!({
+        "id": r.get::<_, Uuid>(0), "status": r.get::<_, String>(1), "assignee": r.get::<_, Option<Uuid>>(2),
+        "support_type": r.get::<_, String>(3), "subject": r.get::<_, Option<String>>(4),
+        "visitor_id": r.get::<_, Uuid>(5), "last_seq": r.get::<_, i64>(7), "created_at": r.get::<_, i64>(8),
+        "resolution_reason": r.get::<_, Option<String>>(10), "resolved_at": r.get::<_, Option<i64>>(11),
+        "csat": r.get::<_, Option<i32>>(13).map(|s| json!({"score": s, "comment": r.get::<_, Option<String>>(14)})),
+        "updated_at": r.get::<_, i64>(16),
+    });
+    if staff {
+        v["tags"] = json!(r.get::<_, Vec<String>>(6));
+        v["priority"] = json!(r.get::<_, i32>(9));
+        v["first_response_at"] = json!(r.get::<_, Option<i64>>(12));
+        v["queued_at"] = json!(r.get::<_, Option<i64>>(15));
+        v["participants"] = json!(r.get::<_, Vec<Uuid>>(17));
+    } else {
+        v["tags"] = json!([]);
+    }
+    v
+}
+
+pub(super) async fn conversation_json(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    staff: bool,
+) -> Result<Value> {
     let row = tx
-        .query_one(
-            "SELECT support_type, subject, (extract(epoch FROM created_at) * 1000)::int8
-               FROM conversations WHERE tenant_id = $1 AND id = $2",
+        .query_opt(
+            &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2"),
             &[&tenant, &id],
         )
-        .await?;
-    tx.commit().await?;
-    let conversation = json!({
-        "id": c.id, "status": c.status, "assignee": c.assignee_id, "support_type": row.get::<_, String>(0),
-        "subject": row.get::<_, Option<String>>(1), "visitor_id": c.visitor_id, "tags": [],
-        "last_seq": c.last_seq, "created_at": row.get::<_, i64>(2),
-    });
-    Ok(Json(json!({ "conversation": conversation })))
+        .await?
+        .ok_or_else(|| Error::not_found("conversation"))?;
+    Ok(conversation_from_row(&row, staff))
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct Page {
+    /// Messages with a greater seq.
     #[serde(default)]
     after: u64,
+    /// 1-1000, default 100.
     #[serde(default = "default_limit")]
     limit: i64,
+    /// Long-poll: with nothing after `after`, wait up to this many seconds (at most 25)
+    /// for a message before answering an empty list. The REST fallback of clients that
+    /// cannot hold a WebSocket.
+    #[serde(default)]
+    wait: u64,
 }
+
+/// Longest long-poll.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 fn default_limit() -> i64 {
     100
@@ -242,16 +193,33 @@ pub async fn list_messages(
 ) -> Result<Json<Value>> {
     let (tenant, who) = reader(caller)?;
     let limit = page.limit.clamp(1, 1000);
-    let mut client = state.pool.get().await?;
-    let tx = db::tenant_tx(&mut client, tenant).await?;
-    let c = store::conv(&tx, tenant, id).await?;
-    if let Some((principal, role)) = who {
-        store::check_access(&c, principal, role)?;
-    }
     let staff = who.is_none_or(|(_, role)| role.is_staff());
-    let messages = store::history(&tx, tenant, id, page.after, limit, staff).await?;
-    tx.commit().await?;
-    Ok(Json(json!({ "messages": messages })))
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(page.wait).min(MAX_WAIT);
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let mut client = state.pool.get().await?;
+        let tx = db::tenant_tx(&mut client, tenant).await?;
+        let c = store::conv(&tx, tenant, id).await?;
+        if let Some((principal, role)) = who {
+            store::check_access(&c, principal, role)?;
+        }
+        // Only messages this reader may see count: a note must not end a visitor's wait
+        // with an empty answer, so the wait goes on until a visible one is there.
+        let messages = if c.last_seq as u64 > page.after {
+            store::history(&tx, tenant, id, page.after, limit, staff).await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        drop(client);
+        if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(json!({ "messages": messages })));
+        }
+        // No connection is held while waiting.
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -287,7 +255,24 @@ pub async fn post_message(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Error::bad_request("the Idempotency-Key header is required"))?;
-    let name = principal_name(&state, tenant, principal, role).await?;
+    let stored = post_one(&state, tenant, principal, role, id, key, req.kind, req.body).await?;
+    Ok((StatusCode::CREATED, Json(json!(accepted(key, &stored)))))
+}
+
+/// Commits one message posted over HTTP (a message, a note) by the same path as the wire
+/// `send`, reopens what a visitor's message wakes, and publishes it live.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn post_one(
+    state: &AppState,
+    tenant: Uuid,
+    principal: Uuid,
+    role: Role,
+    conv: Uuid,
+    client_id: &str,
+    kind: String,
+    body: Value,
+) -> Result<relaydesk_shared::wire::Message> {
+    let name = principal_name(state, tenant, principal, role).await?;
     let message = NewMessage {
         tenant,
         from: Actor {
@@ -295,31 +280,33 @@ pub async fn post_message(
             role,
             name,
         },
-        conv: id,
-        client_id: key.to_owned(),
-        kind: req.kind,
-        body: req.body,
+        conv,
+        client_id: client_id.to_owned(),
+        kind,
+        body,
+        broadcast: false,
     };
-    let outcome = store::commit_sends(&state.pool, std::slice::from_ref(&message))
-        .await?
-        .pop();
-    match outcome {
+    let committed = store::commit_sends(&state.pool, std::slice::from_ref(&message)).await?;
+    for (tenant, conv, visitor) in committed.wake {
+        lifecycle::wake(state, tenant, conv, visitor).await?;
+    }
+    match committed.outcomes.into_iter().next() {
         Some(Outcome::Committed {
             message: stored, ..
         }) => {
             let outs = state.fanout.deliveries(&[(tenant, &stored)]).await?;
             if let Err(e) = state.fanout.publish(&outs).await {
                 // Committed: recipients that miss it live get it when they resume.
-                tracing::warn!(error = %e, "could not publish a REST message live");
+                tracing::warn!(error = %e, "could not publish a posted message live");
             }
-            Ok((StatusCode::CREATED, Json(json!(accepted(key, &stored)))))
+            Ok(stored)
         }
         Some(Outcome::Refused { code, message }) => Err(Error::Client { code, message }),
         None => Err(Error::Internal("no outcome".into())),
     }
 }
 
-async fn principal_name(
+pub(super) async fn principal_name(
     state: &AppState,
     tenant: Uuid,
     id: Uuid,

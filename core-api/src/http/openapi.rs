@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use super::{accounts, conversations};
+use super::{accounts, actions, conversations, support};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,10 +21,41 @@ use super::{accounts, conversations};
         accounts::login,
         accounts::connect_token,
         accounts::widget_session,
+        super::visitors::pageview,
+        super::visitors::get,
+        super::visitors::list,
+        super::visitors::set_attributes,
+        super::blasts::create,
         conversations::create,
         conversations::get,
         conversations::list_messages,
         conversations::post_message,
+        super::webhooks::create,
+        super::webhooks::list,
+        super::webhooks::delete,
+        super::webhooks::deliveries,
+        actions::list,
+        actions::assign,
+        actions::transfer,
+        actions::escalate,
+        actions::handoff,
+        actions::resolve,
+        actions::reopen,
+        actions::snooze,
+        actions::join,
+        actions::note,
+        actions::tags,
+        actions::csat,
+        actions::queue,
+        actions::assignments,
+        accounts::list_agents,
+        accounts::update_agent,
+        support::list,
+        support::create,
+        support::update,
+        support::create_team,
+        support::set_team_members,
+        support::list_teams,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Bearer)
@@ -95,6 +126,60 @@ pub struct AgentBody {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct AgentList {
+    /// Each with `open_conversations` and `last_assigned_at` besides the agent fields.
+    pub agents: Vec<Agent>,
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SupportType {
+    pub key: String,
+    pub name: String,
+    /// round_robin or capacity.
+    pub routing: String,
+    pub prefer_previous_agent: bool,
+    pub resolution_reasons: Vec<String>,
+    pub priority: i32,
+    pub tier: i32,
+    pub reopen_window_secs: i32,
+    pub escalation_target: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub business_hours: Option<serde_json::Value>,
+    pub bot_id: Option<Uuid>,
+    /// Eligible agents (with `teams` both empty: every human agent).
+    pub agents: Vec<Uuid>,
+    pub teams: Vec<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SupportTypeBody {
+    pub support_type: SupportType,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SupportTypeList {
+    pub support_types: Vec<SupportType>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Team {
+    pub id: Uuid,
+    pub name: String,
+    pub members: Vec<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TeamBody {
+    pub team: Team,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TeamList {
+    pub teams: Vec<Team>,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct LoginBody {
     pub token: String,
     pub agent: Agent,
@@ -105,7 +190,10 @@ pub struct ConnectToken {
     pub token: String,
     /// Unix seconds.
     pub expires_at: u64,
+    /// An edge to connect to (chosen at random).
     pub edge_url: String,
+    /// Every edge: clients fail over to another when one is unreachable.
+    pub edge_urls: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -119,23 +207,101 @@ pub struct WidgetSessionBody {
     pub token: String,
     pub connect_token: String,
     pub edge_url: String,
+    pub edge_urls: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Conversation {
     pub id: Uuid,
+    /// queued, assigned, resolved or snoozed.
     pub status: String,
     pub assignee: Option<Uuid>,
     pub support_type: String,
     pub subject: Option<String>,
     pub visitor_id: Uuid,
+    /// Empty for visitors.
     pub tags: Vec<String>,
     pub last_seq: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub resolution_reason: Option<String>,
+    pub resolved_at: Option<i64>,
+    pub csat: Option<Csat>,
+    /// Staff only: queue priority (higher first).
+    pub priority: Option<i32>,
+    /// Staff only.
+    pub first_response_at: Option<i64>,
+    /// Staff only: when it entered the queue, while queued.
+    pub queued_at: Option<i64>,
+    /// Staff only: agents taking part.
+    pub participants: Option<Vec<Uuid>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Csat {
+    pub score: i32,
+    pub comment: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct ConversationBody {
     pub conversation: Conversation,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueDepth {
+    pub key: String,
+    pub depth: i64,
+    pub oldest_wait_ms: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueBody {
+    /// In assignment order: priority, then waiting longest.
+    pub conversations: Vec<Conversation>,
+    pub support_types: Vec<QueueDepth>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TagsBody {
+    pub tags: Vec<String>,
+}
+
+/// A candidate considered by a routing decision.
+#[derive(Serialize, ToSchema)]
+pub struct Candidate {
+    pub agent: Uuid,
+    /// Why it was passed over (offline, away, at_capacity, excluded, lost_race,
+    /// not_reached, bot_unavailable); absent for the chosen one.
+    pub skipped: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentRecord {
+    pub id: Uuid,
+    pub at: i64,
+    /// routed, queued, dequeued, assigned, transferred, escalated, handoff, reopened,
+    /// resolved, snoozed or joined.
+    pub action: String,
+    /// round_robin, capacity, preferred, bot or manual.
+    pub strategy: Option<String>,
+    pub agent: Option<Uuid>,
+    pub actor: Option<Uuid>,
+    pub reason: Option<String>,
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Assignments {
+    pub assignments: Vec<AssignmentRecord>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -172,6 +338,137 @@ pub struct AcceptedBody {
     pub ts: i64,
 }
 
+/// A webhook as listed (the secret is shown only when it is created).
+#[derive(Serialize, ToSchema)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A webhook just created, with its signing secret.
+#[derive(Serialize, ToSchema)]
+pub struct NewWebhook {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Key of the `Relaydesk-Signature` HMAC-SHA256; shown only here.
+    pub secret: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookCreated {
+    pub webhook: NewWebhook,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One event for one webhook, and how its delivery went.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookDelivery {
+    /// The `Relaydesk-Event-Id` header: the same on every attempt.
+    pub event_id: Uuid,
+    pub event: String,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// Unix ms of the 2xx answer; null until then.
+    pub delivered_at: Option<i64>,
+    /// True once every attempt was refused.
+    pub failed: bool,
+    /// HTTP status of the last attempt, if it got an answer.
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    /// Unix ms of the next attempt while one is due.
+    pub next_attempt_at: Option<i64>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookDeliveries {
+    /// Newest first.
+    pub deliveries: Vec<WebhookDelivery>,
+}
+
+/// A page view reported by the widget.
+#[derive(Serialize, ToSchema)]
+pub struct PageView {
+    pub id: Uuid,
+    pub url: String,
+    pub title: Option<String>,
+    pub referrer: Option<String>,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// One of a visitor's conversations, as their profile lists it.
+#[derive(Serialize, ToSchema)]
+pub struct VisitorConversation {
+    pub id: Uuid,
+    pub status: String,
+    pub support_type: String,
+    pub subject: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    pub resolved_at: Option<i64>,
+    pub csat_score: Option<i32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Visitor {
+    pub id: Uuid,
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// Identified by the tenant's identity hash.
+    pub verified: bool,
+    /// Set by the tenant (API key, or a verified widget session).
+    pub attributes: serde_json::Value,
+    /// Unix ms.
+    pub first_seen_at: i64,
+    pub last_seen_at: i64,
+    pub current_page: Option<String>,
+    pub user_agent: Option<String>,
+    /// Holds a live connection to an edge.
+    pub online: bool,
+    /// Profile only: the last 50 page views, newest first.
+    pub pages: Option<Vec<PageView>>,
+    /// Profile only: newest first.
+    pub conversations: Option<Vec<VisitorConversation>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VisitorBody {
+    pub visitor: Visitor,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VisitorList {
+    /// Most recently seen first.
+    pub visitors: Vec<Visitor>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BlastRef {
+    pub id: Uuid,
+    /// Visitors whose conversation holds the message.
+    pub recipients: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BlastBody {
+    pub blast: BlastRef,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +487,24 @@ mod tests {
             "/v1/conversations",
             "/v1/conversations/{id}",
             "/v1/conversations/{id}/messages",
+            "/v1/conversations/{id}/assign",
+            "/v1/conversations/{id}/transfer",
+            "/v1/conversations/{id}/escalate",
+            "/v1/conversations/{id}/handoff",
+            "/v1/conversations/{id}/resolve",
+            "/v1/conversations/{id}/reopen",
+            "/v1/conversations/{id}/snooze",
+            "/v1/conversations/{id}/participants",
+            "/v1/conversations/{id}/notes",
+            "/v1/conversations/{id}/tags",
+            "/v1/conversations/{id}/csat",
+            "/v1/conversations/{id}/assignments",
+            "/v1/queue",
+            "/v1/agents/{id}",
+            "/v1/support-types",
+            "/v1/support-types/{key}",
+            "/v1/teams",
+            "/v1/teams/{id}/members",
         ] {
             assert!(
                 paths.contains_key(p),

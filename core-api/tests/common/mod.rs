@@ -104,6 +104,25 @@ impl Stack {
         with_core: bool,
         tune: impl Fn(&mut relaydesk_edge::Config),
     ) -> Stack {
+        Self::start_full(redis_url, edges, with_core, tune, |_| {}).await
+    }
+
+    /// One core-api, its configuration adjusted by `tune_core`, and `edges` edges.
+    pub async fn start_core_tuned(
+        edges: usize,
+        tune_core: impl Fn(&mut relaydesk_core::Config),
+    ) -> Stack {
+        Self::start_full(None, edges, true, |_| {}, tune_core).await
+    }
+
+    /// Everything configurable: Redis, edges and their tuning, core-api and its tuning.
+    pub async fn start_full(
+        redis_url: Option<String>,
+        edges: usize,
+        with_core: bool,
+        tune: impl Fn(&mut relaydesk_edge::Config),
+        tune_core: impl Fn(&mut relaydesk_core::Config),
+    ) -> Stack {
         init_logs();
         let mut env = test_env();
         if let Some(url) = redis_url {
@@ -138,7 +157,8 @@ impl Stack {
         let (l, addr) = listener().await;
         let core_url = format!("http://{addr}");
         if with_core {
-            let config = Stack::core_config(&env, &prefix, &operator, &edge_urls);
+            let mut config = Stack::core_config(&env, &prefix, &operator, &edge_urls);
+            tune_core(&mut config);
             let s = stop.clone();
             tokio::spawn(async move {
                 if let Err(e) =
@@ -190,6 +210,7 @@ impl Stack {
         c.edge_urls = edges.to_vec();
         c.database_pool = 4;
         c.claim_idle = Duration::from_millis(1500);
+        c.webhook_retry_base = Duration::from_millis(200);
         c
     }
 
@@ -213,6 +234,26 @@ impl Stack {
         let r = self
             .http
             .post(format!("{}{path}", self.core_url))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request with a JSON body and any method.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.core_url))
             .bearer_auth(bearer)
             .json(&body)
             .send()
@@ -251,8 +292,21 @@ impl Stack {
 
     /// An online agent of `role`, with a session token and a connection token.
     pub async fn agent(&self, t: &Tenant, role: &str) -> Principal {
+        self.agent_with(t, role, "human", 1000, true).await
+    }
+
+    /// An agent of `role` and `kind` (human or bot) taking at most `max` conversations,
+    /// online or offline.
+    pub async fn agent_with(
+        &self,
+        t: &Tenant,
+        role: &str,
+        kind: &str,
+        max: i32,
+        online: bool,
+    ) -> Principal {
         let email = format!("{}@acme.test", Uuid::new_v4().simple());
-        let body = json!({"name": "Ann", "email": email, "password": "correct horse", "role": role, "kind": "human", "max_concurrent": 1000});
+        let body = json!({"name": "Ann", "email": email, "password": "correct horse", "role": role, "kind": kind, "max_concurrent": max});
         let (status, body) = self.post("/v1/agents", &t.api_key, body).await;
         assert_eq!(status, 201, "{body}");
         let id = uuid(&body["agent"]["id"]);
@@ -269,7 +323,7 @@ impl Stack {
             .http
             .put(format!("{}/v1/agents/{id}/status", self.core_url))
             .bearer_auth(&token)
-            .json(&json!({"status": "online"}))
+            .json(&json!({"status": if online { "online" } else { "offline" }}))
             .send()
             .await
             .expect("status");
