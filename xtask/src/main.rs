@@ -22,6 +22,7 @@ use tokio::sync::watch;
 mod bench;
 mod bench_fanout;
 mod bench_scale;
+mod e2e;
 mod services;
 mod test;
 mod up;
@@ -38,11 +39,15 @@ enum Command {
     /// Run fmt, clippy and the workspace tests against private PostgreSQL and Redis instances.
     ///
     /// Arguments after `--` are passed to the test runner (`cargo nextest run --workspace` when
-    /// cargo-nextest is installed, `cargo test --workspace` otherwise).
+    /// cargo-nextest is installed, `cargo test --workspace` otherwise). The browser tests of
+    /// the console and the widget run after a full suite (not after a filtered one).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Run only the browser tests (headless Chromium), not the workspace tests.
+        #[arg(long)]
+        browser_only: bool,
         /// Extra arguments for the test runner.
         #[arg(last = true)]
         args: Vec<String>,
@@ -140,7 +145,11 @@ fn main() -> ExitCode {
         install_signal_handlers()?;
         let root = workspace_root()?;
         match cli.command {
-            Command::Test { no_lint, args } => test::run(&root, no_lint, &args).await,
+            Command::Test {
+                no_lint,
+                browser_only,
+                args,
+            } => test::run(&root, no_lint, browser_only, &args).await,
             Command::Up { detach, edges } => up::up(&root, detach, edges).await,
             Command::Down => up::down(&root).map(|()| 0),
             Command::RestartEdges { pause } => {

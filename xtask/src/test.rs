@@ -1,6 +1,7 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
 //! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
-//! never share instances; always stopped at the end, removed when the tests pass).
+//! never share instances; always stopped at the end, removed when the tests pass), then
+//! the browser tests of the console and the widget (`e2e`) on the same instances.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use crate::services::{self, exit_code, run_child, PgMode, Postgres, Redis};
 use crate::{cargo, check_interrupted, rel, step};
 
 /// Returns the exit code of the first failing step, else the test runner's.
-pub async fn run(root: &Path, no_lint: bool, extra: &[String]) -> Result<u8> {
+pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String]) -> Result<u8> {
     let inst = services::ensure_installed()?;
     check_interrupted()?;
 
@@ -72,21 +73,41 @@ pub async fn run(root: &Path, no_lint: bool, extra: &[String]) -> Result<u8> {
     };
     args.extend(extra.iter().map(String::as_str));
     check_interrupted()?;
-    step(format!("running cargo {}", args.join(" ")));
-    let status = run_child(
-        tokio::process::Command::new(cargo())
-            .args(&args)
-            .current_dir(root)
-            .env(
-                "RELAYDESK_TEST_DATABASE_URL",
-                pg.url("relaydesk_app", "relaydesk"),
-            )
-            .env("RELAYDESK_TEST_ADMIN_DATABASE_URL", &owner_url)
-            .env("RELAYDESK_TEST_REDIS_URL", redis.url())
-            .env("RELAYDESK_TEST_KEYS_DIR", &keys),
-        &format!("cargo {runner}"),
-    )
-    .await?;
+    let status = if browser_only {
+        std::process::ExitStatus::default()
+    } else {
+        step(format!("running cargo {}", args.join(" ")));
+        run_child(
+            tokio::process::Command::new(cargo())
+                .args(&args)
+                .current_dir(root)
+                .env(
+                    "RELAYDESK_TEST_DATABASE_URL",
+                    pg.url("relaydesk_app", "relaydesk"),
+                )
+                .env("RELAYDESK_TEST_ADMIN_DATABASE_URL", &owner_url)
+                .env("RELAYDESK_TEST_REDIS_URL", redis.url())
+                .env("RELAYDESK_TEST_KEYS_DIR", &keys),
+            &format!("cargo {runner}"),
+        )
+        .await?
+    };
+
+    // The browser tests need the suite's services; they run once the suite has passed.
+    let browser = browser_only || extra.is_empty();
+    let status = if browser && status.success() && crate::interrupted().is_none() {
+        let app_url = pg.url("relaydesk_app", "relaydesk");
+        match crate::e2e::run(root, &app_url, &redis.url(), &keys).await {
+            Ok(true) => status,
+            Ok(false) => failed_status(),
+            Err(e) => {
+                eprintln!("xtask: browser tests: {e:#}");
+                failed_status()
+            }
+        }
+    } else {
+        status
+    };
 
     let redis_stopped = redis.stop();
     let stopped = pg.stop().and(redis_stopped);
@@ -107,6 +128,12 @@ pub async fn run(root: &Path, no_lint: bool, extra: &[String]) -> Result<u8> {
         eprintln!("xtask: {why}; service logs are in {}", rel(root, &base));
     }
     Ok(exit_code(status))
+}
+
+/// An exit status that is a failure (exit code 1).
+fn failed_status() -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::ExitStatus::from_raw(1 << 8)
 }
 
 async fn cargo_step(root: &Path, args: &[&str]) -> Result<std::process::ExitStatus> {

@@ -158,6 +158,14 @@ pub async fn up(root: &Path, detach: bool, edges: usize) -> Result<u8> {
     println!("Relaydesk is up.");
     println!("  core-api        {core_url}");
     println!("  API document    {core_url}/v1/openapi.json");
+    println!(
+        "  agent console   {core_url}/console?tenant={}",
+        demo.tenant_id
+    );
+    println!(
+        "  widget demo     {core_url}/demo?site_key={}",
+        demo.site_key
+    );
     for (i, url) in edge_ws.iter().enumerate() {
         println!("  edge {}          {url}", i + 1);
     }
@@ -305,7 +313,7 @@ pub(crate) fn edge_number(name: &str) -> usize {
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// The edge `up` starts on `port` (and `restart-edges` starts again).
-fn edge_command(edge_bin: &Path, port: u16, redis_url: &str, keys: &Path) -> Command {
+pub(crate) fn edge_command(edge_bin: &Path, port: u16, redis_url: &str, keys: &Path) -> Command {
     let mut edge = Command::new(edge_bin);
     edge.env("EDGE_ADDR", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", redis_url)
@@ -435,7 +443,7 @@ fn service_alive(name: &str, pid: i32) -> bool {
     pid_alive(pid) && pid_cmdline(pid).is_some_and(|c| c.contains(binary))
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir), // `join` keeps an absolute path as is.
         None => root.join("target"),
@@ -455,7 +463,7 @@ fn operator_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut buf);
     hex::encode(buf)
@@ -463,16 +471,16 @@ fn random_hex(bytes: usize) -> String {
 
 // ---- child services ------------------------------------------------------------------------
 
-struct Service {
-    name: String,
-    child: Child,
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) child: Child,
     log: PathBuf,
     base_url: String,
 }
 
 impl Service {
     /// Polls `GET /readyz` until it answers 200.
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<()> {
+    pub(crate) async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<()> {
         let url = format!("{}/readyz", self.base_url);
         step(format!("waiting for {} ({url})", self.name));
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -509,15 +517,15 @@ impl Service {
 
 /// The core-api and edge processes; terminated when dropped unless detached.
 #[derive(Default)]
-struct Procs {
-    list: Vec<Service>,
+pub(crate) struct Procs {
+    pub(crate) list: Vec<Service>,
     detached: bool,
 }
 
 impl Procs {
     /// Starts `cmd` in its own process group (so that Ctrl-C reaches only xtask, which then stops
     /// it in order), output to `<logs>/<name>.log`.
-    fn spawn(&mut self, name: &str, cmd: Command, logs: &Path, port: u16) -> Result<()> {
+    pub(crate) fn spawn(&mut self, name: &str, cmd: Command, logs: &Path, port: u16) -> Result<()> {
         self.spawn_logged(name, cmd, &logs.join(format!("{name}.log")), false, port)
     }
 

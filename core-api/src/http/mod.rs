@@ -9,6 +9,7 @@ mod openapi;
 mod ops;
 mod support;
 mod visitors;
+mod web;
 mod webhooks;
 
 use std::sync::Arc;
@@ -83,6 +84,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(visitors::set_attributes),
         )
         .route("/v1/blasts", post(blasts::create))
+        .route("/v1/widget/config", get(web::widget_config))
+        .route("/console", get(web::console_index))
+        .route("/console/", get(web::console_index))
+        .route("/console/{*path}", get(web::console_file))
+        .route("/client/{*path}", get(web::client_file))
+        .route("/widget.js", get(web::widget))
+        .route("/demo", get(web::demo))
         // Widgets call the API from tenants' own sites; credentials are bearer tokens,
         // never cookies, so any origin may call.
         .layer(

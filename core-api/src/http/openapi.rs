@@ -48,6 +48,7 @@ use super::{accounts, actions, conversations, support};
         actions::csat,
         actions::queue,
         actions::assignments,
+        super::web::widget_config,
         accounts::list_agents,
         accounts::update_agent,
         support::list,
@@ -467,6 +468,20 @@ pub struct BlastRef {
 #[derive(Serialize, ToSchema)]
 pub struct BlastBody {
     pub blast: BlastRef,
+}
+
+/// What the widget shows before a visitor writes.
+#[derive(Serialize, ToSchema)]
+pub struct WidgetConfig {
+    pub tenant: WidgetTenant,
+    /// Whether a human agent is online now.
+    pub online: bool,
+    pub agents_online: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WidgetTenant {
+    pub name: String,
 }
 
 #[cfg(test)]
