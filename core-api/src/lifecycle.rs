@@ -10,7 +10,6 @@
 use std::future::Future;
 
 use deadpool_postgres::Transaction;
-use fred::prelude::SortedSetsInterface;
 use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::ConvEvent;
 use serde_json::{json, Value};
@@ -787,18 +786,8 @@ pub async fn snooze(
     tx.commit().await?;
     drop(client);
     if let Some(until) = until_ms {
-        // The sweep wakes it then (`presence`); a visitor's message wakes it earlier.
-        let () = state
-            .redis
-            .zadd(
-                state.keys.snoozes(),
-                None,
-                None,
-                false,
-                false,
-                (until as f64, format!("{tenant}:{conv}")),
-            )
-            .await?;
+        // The sweep wakes it then; a visitor's message wakes it earlier.
+        crate::presence::wake_at(state, tenant, conv, until.max(0) as u64).await?;
     }
     events::publish(state, std::slice::from_ref(&ch)).await;
     Ok(ch)

@@ -237,6 +237,22 @@ async fn sweep_queues(state: &AppState, gauges: &mut HashSet<String>) -> Result<
     Ok(())
 }
 
+/// Schedules a snoozed conversation to be woken at `at_ms` (Unix ms) by the sweep.
+pub async fn wake_at(state: &AppState, tenant: Uuid, conv: Uuid, at_ms: u64) -> Result<()> {
+    let () = state
+        .redis
+        .zadd(
+            state.keys.snoozes(),
+            None,
+            None,
+            false,
+            false,
+            (at_ms as f64, format!("{tenant}:{conv}")),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Reopens snoozed conversations whose time has come. ZREM decides which process does
 /// it; a conversation woken meanwhile (the visitor wrote) is left as it is.
 async fn wake_snoozed(state: &AppState) -> Result<()> {
@@ -265,17 +281,7 @@ async fn wake_snoozed(state: &AppState) -> Result<()> {
             Ok(()) | Err(crate::Error::Client { .. }) => {}
             Err(e) => {
                 // Put it back for the next sweep.
-                let () = state
-                    .redis
-                    .zadd(
-                        state.keys.snoozes(),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (now_ms() as f64, member),
-                    )
-                    .await?;
+                wake_at(state, tenant, conv, now_ms()).await?;
                 return Err(e);
             }
         }

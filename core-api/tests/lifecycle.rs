@@ -238,19 +238,8 @@ async fn a_bot_hands_off_to_a_human_and_is_refused_afterwards() {
     let refused = bws.send_message(conv, "b-2", "still me").await;
     assert_eq!(refused["t"], "error", "{refused}");
     assert_eq!(refused["code"], "forbidden");
-    let r = stack
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conv}/messages",
-            stack.core_url
-        ))
-        .bearer_auth(&bot.token)
-        .header("Idempotency-Key", "b-3")
-        .json(&json!({"kind": "text", "body": {"text": "via REST"}}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 403);
+    let (status, _) = stack.post_text(conv, &bot.token, "b-3", "via REST").await;
+    assert_eq!(status, 403);
     // A second handoff by the bot is refused too.
     let (status, _) = stack
         .post(

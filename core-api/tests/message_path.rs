@@ -135,39 +135,20 @@ async fn resending_a_client_id_anywhere_stores_nothing_new() {
     );
 
     // The REST fallback under the same key: the same answer.
-    let r = stack
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conv}/messages",
-            stack.core_url
-        ))
-        .bearer_auth(&visitor.token)
-        .header("Idempotency-Key", "same-id")
-        .json(&json!({"kind": "text", "body": {"text": "once"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let a3: serde_json::Value = r.json().await.unwrap();
+    let (status, a3) = stack
+        .post_text(conv, &visitor.token, "same-id", "once")
+        .await;
+    assert_eq!(status, 201);
     assert_eq!(
         (a3["seq"].clone(), a3["msg"].clone()),
         (a1["seq"].clone(), a1["msg"].clone())
     );
 
     // A new key through REST is a new message, delivered live over the socket.
-    let r = stack
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conv}/messages",
-            stack.core_url
-        ))
-        .bearer_auth(&visitor.token)
-        .header("Idempotency-Key", "rest-2")
-        .json(&json!({"kind": "text", "body": {"text": "via rest"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    let (status, _) = stack
+        .post_text(conv, &visitor.token, "rest-2", "via rest")
+        .await;
+    assert_eq!(status, 201);
     let live = second.wait_for(|f| f["t"] == "msg" && f["seq"] == 2).await;
     assert_eq!(live["body"]["text"], "via rest");
 

@@ -497,19 +497,8 @@ async fn routing_metrics_are_exported() {
         .await;
     assert_eq!(r.0, 200);
     until(&stack, &t, conv, |c| c["status"] == "assigned").await;
-    let r = stack
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conv}/messages",
-            stack.core_url
-        ))
-        .bearer_auth(&a.token)
-        .header("Idempotency-Key", "first")
-        .json(&json!({"kind": "text", "body": {"text": "hello"}}))
-        .send()
-        .await
-        .expect("reply");
-    assert_eq!(r.status().as_u16(), 201);
+    let (status, _) = stack.post_text(conv, &a.token, "first", "hello").await;
+    assert_eq!(status, 201);
     let text = metrics().await;
     for series in [
         "relaydesk_core_queue_wait_seconds_count{support_type=\"metered\"}",

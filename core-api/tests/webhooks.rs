@@ -160,19 +160,8 @@ async fn events_are_signed_retried_and_delivered() {
     // A conversation's life: created and assigned, a message, resolved, rated.
     let (conv, assignee) = stack.conversation(&visitor).await;
     assert_eq!(assignee, Some(agent.id));
-    let r = stack
-        .http
-        .post(format!(
-            "{}/v1/conversations/{conv}/messages",
-            stack.core_url
-        ))
-        .bearer_auth(&visitor.token)
-        .header("Idempotency-Key", "m-1")
-        .json(&json!({"kind": "text", "body": {"text": "hello"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    let (status, _) = stack.post_text(conv, &visitor.token, "m-1", "hello").await;
+    assert_eq!(status, 201);
     let (status, body) = stack
         .post(
             &format!("/v1/conversations/{conv}/resolve"),

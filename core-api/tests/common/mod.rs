@@ -263,6 +263,25 @@ impl Stack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/conversations/{conv}/messages` (the REST fallback) of a text under the
+    /// idempotency `key`: the status and the answer.
+    pub async fn post_text(&self, conv: Uuid, bearer: &str, key: &str, text: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!(
+                "{}/v1/conversations/{conv}/messages",
+                self.core_url
+            ))
+            .bearer_auth(bearer)
+            .header("Idempotency-Key", key)
+            .json(&json!({"kind": "text", "body": {"text": text}}))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
         let r = self
             .http
