@@ -12,6 +12,7 @@
 // Protocol with xtask: print `KILL <edge ws url>` on stdout, wait for `KILLED` on stdin.
 
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -78,6 +79,25 @@ async function main() {
   } finally {
     await browser.close();
   }
+}
+
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
+
+/**
+ * WCAG 2 A/AA violations of serious or critical impact found by axe-core in `selector`
+ * (open shadow roots included): none are allowed.
+ * @param {import('playwright-core').Page} page
+ */
+async function accessibility(page, selector, what) {
+  await page.addScriptTag({ path: AXE });
+  const found = await page.evaluate(async (sel) => {
+    // @ts-ignore: injected above
+    const result = await window.axe.run(sel, { runOnly: ['wcag2a', 'wcag2aa'] });
+    return result.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  }, selector);
+  assert.deepEqual(found, [], `accessibility of the ${what}:\n${found.join("\n")}`);
 }
 
 /** @param {import('playwright-core').Browser} browser */
@@ -183,6 +203,11 @@ async function scenario(browser) {
   assert.equal(await visitor.getByText('customer is a VIP').count(), 0, 'the note is not in the widget');
   assert.equal(await visitor.locator('[data-testid="widget-message"][data-kind="note"]').count(), 0);
   log('the note stayed with the agents');
+
+  // Accessible: no serious WCAG 2 A/AA violation in the open widget or the console.
+  await accessibility(visitor, 'relaydesk-widget', 'widget');
+  await accessibility(agent, 'body', 'console');
+  log('axe-core finds no serious accessibility violation in either');
 
   // Screenshots while the conversation is live.
   await visitor.screenshot({ path: `${SHOTS}/widget.png` });
