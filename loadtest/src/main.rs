@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use loadtest::scenarios::{chat, connect, fanout, soak, storm, Common};
+use loadtest::scenarios::{chat, connect, fanout, route, soak, storm, Common};
 use loadtest::worker::Scale;
 use loadtest::{slo, Report, Target};
 
@@ -144,6 +144,42 @@ enum Cmd {
         /// Conversations per agent.
         #[arg(long, default_value_t = 50)]
         per_agent: usize,
+    },
+    /// Routing and assignment: agents of fixed capacity, conversations opened at a rate and
+    /// resolved a while after their assignment; create latency, time to assignment, queue
+    /// depth, and the capacity invariant (sampled every second).
+    ///
+    /// `--slo` also gates the route figures: `stranded=0`, `violations=0`, `unresolved=0`,
+    /// `queued`, `max_queue_depth`, and `<create|assign|assign_at_once|assign_queued|resolve>_<p50|p90|p99|p999|max>`
+    /// (e.g. `assign_queued_p99<5s`); the generic `p99` is the create latency. A capacity
+    /// violation or a stranded conversation fails the run without a gate.
+    Route {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Human agents, all online, one WebSocket each.
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        /// `max_concurrent` of every agent.
+        #[arg(long, default_value_t = 4)]
+        capacity: u32,
+        /// Visitor sessions, used round robin (default: one per conversation).
+        #[arg(long)]
+        visitors: Option<usize>,
+        /// New conversations per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Each conversation is resolved this long after it was assigned.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// After the load, give up waiting for the queue to drain after this long without
+        /// an assignment or a resolve.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Creates in flight at most, and resolves in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Internal: one pool of connections for a parent process (stdin/stdout JSON lines).
     #[command(hide = true)]
@@ -347,6 +383,36 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 per_agent,
             };
             (common, soak::run(&c, &cfg).await?)
+        }
+        Cmd::Route {
+            mut common,
+            agents,
+            capacity,
+            visitors,
+            rate,
+            duration,
+            hold,
+            grace,
+            concurrency,
+        } => {
+            // The route figures (`stranded=0`, `violations=0`, …) are gated by the scenario.
+            let (generic, gates) = route::split_slo(common.slo.take().as_deref().unwrap_or(""))?;
+            let mut c = common.common()?;
+            c.slo = generic;
+            let cfg = route::RouteConfig {
+                agents,
+                capacity,
+                visitors,
+                rate,
+                duration,
+                hold,
+                grace,
+                concurrency,
+                gates,
+            };
+            let report = route::run(&c, &cfg).await?;
+            print!("{}", route::summary(&report));
+            (common, report)
         }
     };
     args.output(&report).context("writing the report")?;

@@ -2,14 +2,15 @@
 //! on the private PostgreSQL and Redis that `cargo xtask test` starts), through the
 //! library API: nothing lost, duplicated or reordered, and a failing gate fails the run;
 //! `soak` also samples every process's memory over time; `chat` also survives a rolling
-//! restart of every edge (each drained, then replaced on the same address).
+//! restart of every edge (each drained, then replaced on the same address); `route`
+//! assigns every conversation, queues some, and never breaks an agent's capacity.
 
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::scenarios::{chat, connect, fanout, soak, storm, Common};
+use loadtest::scenarios::{chat, connect, fanout, route, soak, storm, Common};
 use loadtest::{slo, Target};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -556,4 +557,95 @@ async fn soak_samples_memory_and_stays_clean() {
         .any(|v| v.gate.starts_with("drift") && v.passed));
     let html = r.html().unwrap();
     assert!(html.contains("Memory over time") && html.contains("<svg"));
+}
+
+/// 5 agents × capacity 2 resolving 400 ms after assignment serve 25 conversations/s; 40/s
+/// for 3 s queues some, which the resolves drain oldest first. Nothing may be stranded,
+/// no agent may exceed its capacity, and every conversation is assigned and resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_assigns_everything_within_capacity() {
+    let stack = start(2).await;
+    let (generic, gates) =
+        route::split_slo("stranded=0,violations=0,unresolved=0,p99<5s,assign_at_once_p99<5s")
+            .unwrap();
+    let mut common = Common::new(stack.target.clone());
+    common.slo = generic;
+    let cfg = route::RouteConfig {
+        agents: 5,
+        capacity: 2,
+        visitors: None,
+        rate: 40.0,
+        duration: Duration::from_secs(3),
+        hold: Duration::from_millis(400),
+        grace: Duration::from_secs(10),
+        concurrency: 16,
+        gates,
+    };
+    let r = route::run(&common, &cfg).await.unwrap();
+    let summary = route::summary(&r);
+    println!("{summary}{}", r.table());
+    assert!(r.passed, "{summary}{}", r.table());
+    let x = |k: &str| r.extra.get(k).copied().unwrap_or(-1.0);
+    assert_eq!(x("opened"), 120.0, "{summary}");
+    assert_eq!(
+        (x("stranded"), x("capacity_violations")),
+        (0.0, 0.0),
+        "{summary}"
+    );
+    assert_eq!(
+        (x("assigned_unseen"), x("unresolved")),
+        (0.0, 0.0),
+        "{summary}"
+    );
+    assert!(x("capacity_samples") >= 3.0, "{summary}");
+    assert!(
+        x("queued") > 0.0 && x("assigned_at_once") > 0.0,
+        "{summary}"
+    );
+    assert_eq!(
+        x("queued") + x("assigned_at_once"),
+        x("opened"),
+        "{summary}"
+    );
+    assert_eq!(x("assigned"), x("opened"), "{summary}");
+    assert_eq!(x("resolved"), x("opened"), "{summary}");
+    assert!(x("max_busy_slots") <= 10.0, "{summary}");
+    // Queued conversations wait for a resolve: at least longer than the ones assigned at once.
+    assert!(
+        x("assign_queued_p50_ms") > x("assign_at_once_p50_ms"),
+        "{summary}"
+    );
+    assert_eq!(r.accept.as_ref().unwrap().count, 120);
+    assert_eq!(r.deliver.as_ref().unwrap().count, 120);
+    assert_eq!(r.slo.len(), 5, "{:?}", r.slo);
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    for k in [
+        "stranded",
+        "capacity_violations",
+        "max_queue_depth",
+        "create_p99_ms",
+        "assign_queued_p99_ms",
+        "resolve_p50_ms",
+    ] {
+        assert!(
+            json["extra"].get(k).is_some(),
+            "JSON report lacks extra.{k}"
+        );
+    }
+    assert_eq!(json["config"]["capacity"], 2);
+
+    // An impossible route gate fails the run and says which.
+    let mut failing = r.clone();
+    failing.failures.clear();
+    failing.slo.clear();
+    route::conclude_route(
+        &mut failing,
+        &route::split_slo("assign_queued_p99<1us").unwrap().1,
+    );
+    assert!(!failing.passed);
+    assert!(
+        failing.failures[0].contains("assign_queued_p99"),
+        "{:?}",
+        failing.failures
+    );
 }

@@ -1,6 +1,6 @@
 //! The scenarios, each a library function taking its config and returning a
 //! [`Report`](crate::report::Report): [`connect`], [`chat`], [`fanout`], [`storm`],
-//! [`soak`].
+//! [`soak`], [`route`].
 //! Shared here: the settings every scenario takes ([`Common`]), the open-loop send
 //! schedule (which measures its own lag), and the live sampler (timeline + progress line).
 
@@ -8,6 +8,7 @@ pub mod chat;
 pub mod connect;
 pub mod disturb;
 pub mod fanout;
+pub mod route;
 pub mod soak;
 pub mod storm;
 
