@@ -67,6 +67,8 @@ pub struct Locked {
     pub reopenable: bool,
     /// Active participants (the assignee among them).
     pub participants: Vec<Uuid>,
+    /// Who had it before it was last reopened (preferred when it is routed again).
+    pub previous_assignee: Option<Uuid>,
 }
 
 /// Locks a conversation of `tenant` (`FOR UPDATE`).
@@ -78,7 +80,8 @@ pub async fn lock(tx: &Transaction<'_>, tenant: Uuid, conv: Uuid) -> Result<Lock
                       AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now(),
                     ARRAY(SELECT p.agent_id FROM participants p
                            WHERE p.tenant_id = c.tenant_id AND p.conversation_id = c.id
-                             AND p.left_at IS NULL)
+                             AND p.left_at IS NULL),
+                    c.previous_assignee_id
                FROM conversations c
                JOIN support_types s ON s.tenant_id = c.tenant_id AND s.key = c.support_type
               WHERE c.tenant_id = $1 AND c.id = $2
@@ -96,6 +99,7 @@ pub async fn lock(tx: &Transaction<'_>, tenant: Uuid, conv: Uuid) -> Result<Lock
         last_seq: row.get(5),
         reopenable: row.get(6),
         participants: row.get(7),
+        previous_assignee: row.get(8),
     })
 }
 
@@ -236,6 +240,7 @@ pub async fn create(
         last_seq: 0,
         reopenable: false,
         participants: Vec::new(),
+        previous_assignee: None,
     };
     let then = routed(tenant, &locked, &d, ConvEvent::Assigned);
     let mut created = then.clone();
@@ -270,30 +275,54 @@ pub async fn assign(
             "only supervisors assign to others; agents may take queued conversations",
         ));
     }
-    let changes = retrying(|| async {
-        let mut client = state.pool.get().await?;
-        let tx = db::tenant_tx(&mut client, tenant).await?;
-        let c = lock(&tx, tenant, conv).await?;
+    let check = |c: &Locked| {
         if self_assign && c.status != "queued" {
             return Err(conflict("the conversation is not in the queue"));
         }
+        Ok(())
+    };
+    let to = Target {
+        agent,
+        action: "assigned",
+        reason: None,
+        event: ConvEvent::Assigned,
+    };
+    reassign(state, tenant, conv, by, check, to).await
+}
+
+/// Where [`reassign`] moves a conversation, and how the move is recorded.
+struct Target<'a> {
+    agent: Uuid,
+    action: &'a str,
+    reason: Option<&'a str>,
+    event: ConvEvent,
+}
+
+/// Locks the conversation, runs `check`, refuses a resolved one, moves it to the target
+/// agent ([`move_to`]), commits, and publishes.
+async fn reassign(
+    state: &AppState,
+    tenant: Uuid,
+    conv: Uuid,
+    by: By,
+    check: impl Fn(&Locked) -> Result<()>,
+    to: Target<'_>,
+) -> Result<Change> {
+    let ch = retrying(|| async {
+        let mut client = state.pool.get().await?;
+        let tx = db::tenant_tx(&mut client, tenant).await?;
+        let c = lock(&tx, tenant, conv).await?;
+        check(&c)?;
         not_resolved(&c)?;
         let ch = move_to(
-            &tx,
-            tenant,
-            &c,
-            agent,
-            by,
-            "assigned",
-            None,
-            ConvEvent::Assigned,
+            &tx, tenant, &c, to.agent, by, to.action, to.reason, to.event,
         )
         .await?;
         tx.commit().await?;
         Ok(ch)
     })
     .await?;
-    finish(state, tenant, changes).await
+    finish(state, tenant, ch).await
 }
 
 /// Moves the locked conversation to `agent` (manual): takes their slot, releases the
@@ -344,13 +373,7 @@ async fn move_to(
         routing::release_slot(tx, tenant, p).await?;
         routing::leave(tx, tenant, c.id, p, action).await?;
     }
-    let waited = routing::set_assignee(tx, tenant, c.id, agent).await?;
-    metrics::counter!("relaydesk_core_assignments_total", "strategy" => Strategy::Manual.as_str())
-        .increment(1);
-    if let Some(w) = waited {
-        metrics::histogram!("relaydesk_core_queue_wait_seconds", "support_type" => c.support_type.clone())
-            .record(w.max(0.0));
-    }
+    routing::assign(tx, tenant, c.id, &c.support_type, agent, Strategy::Manual).await?;
     let considered = [routing::Considered {
         agent,
         skipped: None,
@@ -371,6 +394,14 @@ async fn move_to(
     ch.gained = Some(agent);
     ch.lost = previous;
     ch.reason = reason.map(str::to_owned);
+    if c.status == "queued" {
+        // It leaves the queue: the other eligible agents' consoles drop it.
+        ch.notify = routing::eligible_online(tx, tenant, &c.support_type)
+            .await?
+            .into_iter()
+            .filter(|a| *a != agent)
+            .collect();
+    }
     events::enqueue_change(tx, &ch).await?;
     Ok(ch)
 }
@@ -384,28 +415,13 @@ pub async fn transfer(
     reason: Option<&str>,
     by: By,
 ) -> Result<Change> {
-    let ch = retrying(|| async {
-        let mut client = state.pool.get().await?;
-        let tx = db::tenant_tx(&mut client, tenant).await?;
-        let c = lock(&tx, tenant, conv).await?;
-        may_act(&c, by)?;
-        not_resolved(&c)?;
-        let ch = move_to(
-            &tx,
-            tenant,
-            &c,
-            agent,
-            by,
-            "transferred",
-            reason,
-            ConvEvent::Transferred,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ch)
-    })
-    .await?;
-    finish(state, tenant, ch).await
+    let to = Target {
+        agent,
+        action: "transferred",
+        reason,
+        event: ConvEvent::Transferred,
+    };
+    reassign(state, tenant, conv, by, |c: &Locked| may_act(c, by), to).await
 }
 
 /// Releases the locked conversation's assignee (if it holds a slot) and marks them as
@@ -933,9 +949,7 @@ async fn settle(state: &AppState, tenant: Uuid, changes: &[Change]) {
         .iter()
         .any(|c| c.lost.is_some() || matches!(c.event, ConvEvent::Resolved | ConvEvent::Escalated));
     if frees {
-        if let Err(e) = drain(state, tenant).await {
-            tracing::warn!(error = %e, %tenant, "queue drain failed; the next sweep retries");
-        }
+        capacity_changed(state, tenant).await;
     }
 }
 
@@ -989,15 +1003,8 @@ pub async fn drain(state: &AppState, tenant: Uuid) -> Result<usize> {
         drop(row);
         let c = lock(&tx, tenant, conv).await?;
         let st = routing::support_type(&tx, tenant, &c.support_type).await?;
-        let prefer: Option<Uuid> = tx
-            .query_opt(
-                "SELECT previous_assignee_id FROM conversations WHERE tenant_id = $1 AND id = $2",
-                &[&tenant, &conv],
-            )
-            .await?
-            .and_then(|r| r.get(0));
         let req = Request {
-            prefer,
+            prefer: c.previous_assignee,
             humans_only: true,
             ..Request::default()
         };
@@ -1007,13 +1014,7 @@ pub async fn drain(state: &AppState, tenant: Uuid) -> Result<usize> {
             tx.rollback().await?;
             continue;
         };
-        let waited = routing::set_assignee(&tx, tenant, conv, agent).await?;
-        metrics::counter!("relaydesk_core_assignments_total", "strategy" => d.strategy.as_str())
-            .increment(1);
-        if let Some(w) = waited {
-            metrics::histogram!("relaydesk_core_queue_wait_seconds", "support_type" => st.key.clone())
-                .record(w.max(0.0));
-        }
+        routing::assign(&tx, tenant, conv, &st.key, agent, d.strategy).await?;
         routing::record(
             &tx,
             tenant,
@@ -1039,8 +1040,10 @@ pub async fn drain(state: &AppState, tenant: Uuid) -> Result<usize> {
     Ok(assigned)
 }
 
-/// Agents whose availability changed: tell supervisors and drain if capacity appeared.
-pub async fn agent_available(state: &AppState, tenant: Uuid) {
+/// Drains the tenant's queue after capacity may have appeared (an agent came online,
+/// capacity or eligibility changed, a conversation was released); a failure is logged
+/// and left to the sweep, which drains every tenant with a queue.
+pub async fn capacity_changed(state: &AppState, tenant: Uuid) {
     if let Err(e) = drain(state, tenant).await {
         tracing::warn!(error = %e, %tenant, "queue drain failed; the next sweep retries");
     }
@@ -1062,6 +1065,7 @@ mod tests {
             last_seq: 0,
             reopenable: false,
             participants: vec![],
+            previous_assignee: None,
         };
         assert!(may_act(
             &c,

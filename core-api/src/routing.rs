@@ -169,6 +169,17 @@ async fn eligible(tx: &Transaction<'_>, tenant: Uuid, st: &SupportType) -> Resul
         .collect())
 }
 
+/// The eligible agents of support type `key` who are online (they hear about its queue).
+pub async fn eligible_online(tx: &Transaction<'_>, tenant: Uuid, key: &str) -> Result<Vec<Uuid>> {
+    let st = support_type(tx, tenant, key).await?;
+    Ok(eligible(tx, tenant, &st)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == "online")
+        .map(|r| r.id)
+        .collect())
+}
+
 /// Takes one slot of `agent` if it is online with free capacity (the race-free step).
 async fn take_slot(tx: &Transaction<'_>, tenant: Uuid, agent: Uuid) -> Result<bool> {
     Ok(tx
@@ -358,6 +369,26 @@ pub async fn set_assignee(
     Ok(row.get(0))
 }
 
+/// Makes `agent` (whose slot is taken) the assignee of the locked conversation of
+/// `support_type`, and counts the assignment and any time it waited in the queue.
+pub async fn assign(
+    tx: &Transaction<'_>,
+    tenant: Uuid,
+    conv: Uuid,
+    support_type: &str,
+    agent: Uuid,
+    strategy: Strategy,
+) -> Result<()> {
+    let waited = set_assignee(tx, tenant, conv, agent).await?;
+    metrics::counter!("relaydesk_core_assignments_total", "strategy" => strategy.as_str())
+        .increment(1);
+    if let Some(w) = waited {
+        metrics::histogram!("relaydesk_core_queue_wait_seconds", "support_type" => support_type.to_owned())
+            .record(w.max(0.0));
+    }
+    Ok(())
+}
+
 /// Puts the (locked) conversation in the queue, keeping its place if it was there.
 pub async fn set_queued(tx: &Transaction<'_>, tenant: Uuid, conv: Uuid) -> Result<()> {
     tx.execute(
@@ -399,15 +430,7 @@ pub async fn route(
 ) -> Result<Decision> {
     let decision = decide(tx, tenant, st, req).await?;
     match decision.assignee {
-        Some(agent) => {
-            let waited = set_assignee(tx, tenant, conv, agent).await?;
-            metrics::counter!("relaydesk_core_assignments_total", "strategy" => decision.strategy.as_str())
-                .increment(1);
-            if let Some(w) = waited {
-                metrics::histogram!("relaydesk_core_queue_wait_seconds", "support_type" => st.key.clone())
-                    .record(w.max(0.0));
-            }
-        }
+        Some(agent) => assign(tx, tenant, conv, &st.key, agent, decision.strategy).await?,
         None => set_queued(tx, tenant, conv).await?,
     }
     let why = match decision.assignee {

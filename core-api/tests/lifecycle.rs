@@ -3,34 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{uuid, Stack, Tenant, Ws, WAIT};
+use common::{uuid, Stack, Ws};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-async fn conversation(stack: &Stack, t: &Tenant, id: Uuid) -> Value {
-    let (status, body) = stack
-        .get(&format!("/v1/conversations/{id}"), &t.api_key)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["conversation"].clone()
-}
-
-async fn until(stack: &Stack, t: &Tenant, id: Uuid, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let c = conversation(stack, t, id).await;
-        if pred(&c) {
-            return c;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held: {c}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn is_conv_event(f: &Value, conv: Uuid, event: &str) -> bool {
     f["t"] == "conv" && f["conv"] == json!(conv) && f["event"] == event
@@ -140,7 +115,9 @@ async fn transfer_escalate_resolve_and_reopen() {
     // The visitor writes within the reopen window: reopened, back to the previous agent.
     let ok = vws.send_message(conv, "again-1", "one more thing").await;
     assert_eq!(ok["t"], "accepted", "{ok}");
-    let reopened = until(&stack, &t, conv, |c| c["status"] == "assigned").await;
+    let reopened = stack
+        .until_conversation(&t, conv, |c| c["status"] == "assigned")
+        .await;
     assert_eq!(reopened["assignee"], json!(c.id));
     vws.wait_for(|f| is_conv_event(f, conv, "reopened")).await;
 
@@ -369,7 +346,9 @@ async fn snooze_tags_participants_and_paginated_lists() {
     let (mut vws, _) = Ws::connect(&stack.edge_urls[0], &visitor.connect).await;
     let ok = vws.send_message(conv, "wake-1", "any news?").await;
     assert_eq!(ok["t"], "accepted", "{ok}");
-    until(&stack, &t, conv, |c| c["status"] == "assigned").await;
+    stack
+        .until_conversation(&t, conv, |c| c["status"] == "assigned")
+        .await;
 
     // Snoozed until a time: the sweep wakes it.
     let until_ms = std::time::SystemTime::now()
@@ -385,7 +364,9 @@ async fn snooze_tags_participants_and_paginated_lists() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    until(&stack, &t, conv, |c| c["status"] == "assigned").await;
+    stack
+        .until_conversation(&t, conv, |c| c["status"] == "assigned")
+        .await;
 
     // Tags: staff see them, visitors do not.
     let (status, body) = stack

@@ -49,14 +49,6 @@ async fn open_for(
     )
 }
 
-async fn conversation(stack: &Stack, t: &Tenant, id: Uuid) -> Value {
-    let (status, body) = stack
-        .get(&format!("/v1/conversations/{id}"), &t.api_key)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["conversation"].clone()
-}
-
 async fn resolve(stack: &Stack, bearer: &str, id: Uuid) {
     let (status, body) = stack
         .post(
@@ -66,22 +58,6 @@ async fn resolve(stack: &Stack, bearer: &str, id: Uuid) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-}
-
-/// Polls `GET /v1/conversations/{id}` until `pred` holds.
-async fn until(stack: &Stack, t: &Tenant, id: Uuid, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let c = conversation(stack, t, id).await;
-        if pred(&c) {
-            return c;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held: {c}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn history(stack: &Stack, t: &Tenant, id: Uuid) -> Vec<Value> {
@@ -211,7 +187,9 @@ async fn the_queue_drains_by_priority_then_age_as_capacity_frees() {
     let mut current = c1;
     for next in [c4, c2, c3] {
         resolve(&stack, &a.token, current).await;
-        until(&stack, &t, next, |c| c["status"] == "assigned").await;
+        stack
+            .until_conversation(&t, next, |c| c["status"] == "assigned")
+            .await;
         current = next;
     }
     let h = history(&stack, &t, c3).await;
@@ -238,7 +216,9 @@ async fn the_queue_drains_by_priority_then_age_as_capacity_frees() {
         )
         .await;
     assert_eq!(r.0, 200, "{}", r.1);
-    until(&stack, &t, w1, |c| c["assignee"] == json!(b.id)).await;
+    stack
+        .until_conversation(&t, w1, |c| c["assignee"] == json!(b.id))
+        .await;
     let r = stack
         .send(
             reqwest::Method::PATCH,
@@ -248,7 +228,9 @@ async fn the_queue_drains_by_priority_then_age_as_capacity_frees() {
         )
         .await;
     assert_eq!(r.0, 200, "{}", r.1);
-    until(&stack, &t, w2, |c| c["assignee"] == json!(b.id)).await;
+    stack
+        .until_conversation(&t, w2, |c| c["assignee"] == json!(b.id))
+        .await;
 }
 
 /// Several core-api processes route and drain the same tenant at once: no agent ever
@@ -496,7 +478,9 @@ async fn routing_metrics_are_exported() {
         )
         .await;
     assert_eq!(r.0, 200);
-    until(&stack, &t, conv, |c| c["status"] == "assigned").await;
+    stack
+        .until_conversation(&t, conv, |c| c["status"] == "assigned")
+        .await;
     let (status, _) = stack.post_text(conv, &a.token, "first", "hello").await;
     assert_eq!(status, 201);
     let text = metrics().await;

@@ -97,6 +97,22 @@ fn default_max() -> i32 {
     5
 }
 
+/// The columns [`agent_from_row`] reads, in its order.
+const AGENT_COLUMNS: &str = "id, name, email, role, kind, max_concurrent, status";
+
+/// An agent as the API shows it, from [`AGENT_COLUMNS`] (the row's first columns).
+fn agent_from_row(r: &tokio_postgres::Row) -> Value {
+    agent_json(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+    )
+}
+
 fn agent_json(
     id: Uuid,
     name: &str,
@@ -183,8 +199,9 @@ pub async fn login(
     let tx = db::tenant_tx(&mut client, req.tenant).await?;
     let row = tx
         .query_opt(
-            "SELECT id, name, email, password_hash, role, kind, max_concurrent, status
-               FROM agents WHERE tenant_id = $1 AND email = $2",
+            &format!(
+                "SELECT {AGENT_COLUMNS}, password_hash FROM agents WHERE tenant_id = $1 AND email = $2"
+            ),
             &[&req.tenant, &req.email.trim().to_lowercase()],
         )
         .await?;
@@ -192,12 +209,12 @@ pub async fn login(
     let Some(row) = row else {
         return Err(Error::unauthorized());
     };
-    if !auth::verify_password(req.password, row.get(3)).await? {
+    if !auth::verify_password(req.password, row.get(7)).await? {
         return Err(Error::unauthorized());
     }
     let id: Uuid = row.get(0);
     let name: String = row.get(1);
-    let role = agent_role(row.get(4), row.get(5));
+    let role = agent_role(row.get(3), row.get(4));
     let mut claims = Claims::new(
         req.tenant,
         id,
@@ -207,15 +224,7 @@ pub async fn login(
     );
     claims.name = Some(name.clone());
     let token = state.signer.sign(&claims)?;
-    let agent = agent_json(
-        id,
-        &name,
-        row.get(2),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-        row.get(7),
-    );
+    let agent = agent_from_row(&row);
     Ok(Json(json!({"token": token, "agent": agent})))
 }
 
@@ -253,10 +262,12 @@ pub async fn set_status(
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let row = tx
         .query_opt(
-            "UPDATE agents SET status = $3,
+            &format!(
+                "UPDATE agents SET status = $3,
                     status_changed_at = CASE WHEN status = $3 THEN status_changed_at ELSE now() END
               WHERE tenant_id = $1 AND id = $2
-             RETURNING id, name, email, role, kind, max_concurrent, status",
+             RETURNING {AGENT_COLUMNS}"
+            ),
             &[&tenant, &id, &req.status],
         )
         .await?
@@ -265,17 +276,9 @@ pub async fn set_status(
     drop(client);
     crate::presence::announce(&state, tenant, id, &req.status).await;
     if req.status == "online" {
-        lifecycle::agent_available(&state, tenant).await;
+        lifecycle::capacity_changed(&state, tenant).await;
     }
-    let agent = agent_json(
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
+    let agent = agent_from_row(&row);
     Ok(Json(json!({ "agent": agent })))
 }
 
@@ -309,10 +312,11 @@ pub async fn list_agents(
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let rows = tx
         .query(
-            "SELECT id, name, email, role, kind, max_concurrent, status, open_count,
-                    (extract(epoch FROM last_assigned_at) * 1000)::int8
+            &format!(
+                "SELECT {AGENT_COLUMNS}, open_count, (extract(epoch FROM last_assigned_at) * 1000)::int8
                FROM agents WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
-              ORDER BY id LIMIT $3",
+              ORDER BY id LIMIT $3"
+            ),
             &[&tenant, &page.cursor, &(limit + 1)],
         )
         .await?;
@@ -322,15 +326,7 @@ pub async fn list_agents(
     let agents: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let mut a = agent_json(
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-            );
+            let mut a = agent_from_row(r);
             a["open_conversations"] = json!(r.get::<_, i32>(7));
             a["last_assigned_at"] = json!(r.get::<_, Option<i64>>(8));
             a
@@ -385,10 +381,12 @@ pub async fn update_agent(
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let row = tx
         .query_opt(
-            "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
+            &format!(
+                "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
                     max_concurrent = coalesce($5, max_concurrent)
               WHERE tenant_id = $1 AND id = $2
-             RETURNING id, name, email, role, kind, max_concurrent, status",
+             RETURNING {AGENT_COLUMNS}"
+            ),
             &[&tenant, &id, &name, &req.role, &req.max_concurrent],
         )
         .await?
@@ -396,17 +394,9 @@ pub async fn update_agent(
     tx.commit().await?;
     drop(client);
     if req.max_concurrent.is_some() {
-        lifecycle::agent_available(&state, tenant).await;
+        lifecycle::capacity_changed(&state, tenant).await;
     }
-    let agent = agent_json(
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
+    let agent = agent_from_row(&row);
     Ok(Json(json!({ "agent": agent })))
 }
 

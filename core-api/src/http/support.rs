@@ -135,7 +135,7 @@ pub async fn update(
     let tenant = caller.tenant_admin()?;
     let v = save(&state, tenant, &key, &req, false).await?;
     // New eligible agents may take queued conversations now.
-    lifecycle::agent_available(&state, tenant).await;
+    lifecycle::capacity_changed(&state, tenant).await;
     Ok(Json(json!({ "support_type": v })))
 }
 
@@ -382,7 +382,7 @@ pub async fn set_team_members(
     let members = set_members(&tx, tenant, id, &req.members).await?;
     tx.commit().await?;
     drop(client);
-    lifecycle::agent_available(&state, tenant).await;
+    lifecycle::capacity_changed(&state, tenant).await;
     Ok(Json(
         json!({"team": {"id": id, "name": name, "members": members}}),
     ))

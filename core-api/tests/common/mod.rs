@@ -387,6 +387,36 @@ impl Stack {
         )
     }
 
+    /// `GET /v1/conversations/{id}` with the tenant's API key: the conversation.
+    pub async fn conversation_state(&self, t: &Tenant, id: Uuid) -> Value {
+        let (status, body) = self
+            .get(&format!("/v1/conversations/{id}"), &t.api_key)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["conversation"].clone()
+    }
+
+    /// Polls the conversation until `pred` holds (within [`WAIT`]); returns it.
+    pub async fn until_conversation(
+        &self,
+        t: &Tenant,
+        id: Uuid,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let c = self.conversation_state(t, id).await;
+            if pred(&c) {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The admin (owner) connection, for checks behind the application's back.
     pub async fn admin_db(&self) -> tokio_postgres::Client {
         connect_db(&self.env.admin_database_url).await
