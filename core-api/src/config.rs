@@ -29,6 +29,10 @@ pub struct Config {
     pub claim_idle: Duration,
     /// Most entries read from each shard per batch (`BATCH_SIZE`, default 256).
     pub batch_size: u64,
+    /// Commit tasks of the ingress consumer, each owning a disjoint set of shards, so
+    /// that this many batches commit at once (`COMMIT_WORKERS`, default 4; at most
+    /// `INGRESS_SHARDS`, and fewer than `DATABASE_POOL`).
+    pub commit_workers: usize,
     /// Approximate bound of each edge's egress stream (`EGRESS_MAXLEN`, default 100000).
     pub egress_maxlen: u64,
     /// Lifetime of connection tokens (`CONNECT_TOKEN_TTL_SECS`, default 3600).
@@ -75,6 +79,7 @@ impl Config {
             core_id: format!("core-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             claim_idle: Duration::from_secs(10),
             batch_size: 256,
+            commit_workers: 4,
             egress_maxlen: 100_000,
             connect_token_ttl: Duration::from_secs(3600),
             session_ttl: Duration::from_secs(12 * 3600),
@@ -124,6 +129,22 @@ impl Config {
         c.claim_idle =
             Duration::from_millis(parse("CLAIM_IDLE_MS", c.claim_idle.as_millis() as u64)?);
         c.batch_size = parse("BATCH_SIZE", c.batch_size)?;
+        if c.batch_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "BATCH_SIZE",
+                reason: "must be at least 1".into(),
+            });
+        }
+        c.commit_workers = parse("COMMIT_WORKERS", c.commit_workers)?;
+        if c.commit_workers == 0 || c.commit_workers >= c.database_pool {
+            return Err(ConfigError::Invalid {
+                name: "COMMIT_WORKERS",
+                reason: format!(
+                    "must be at least 1 and less than DATABASE_POOL ({})",
+                    c.database_pool
+                ),
+            });
+        }
         c.egress_maxlen = parse("EGRESS_MAXLEN", c.egress_maxlen)?;
         c.connect_token_ttl = Duration::from_secs(parse(
             "CONNECT_TOKEN_TTL_SECS",

@@ -1,6 +1,17 @@
 //! The ingress consumer: reads edges' entries through the `core` consumer group, commits
 //! them, publishes the results, and only then acknowledges them.
 //!
+//! # Pipeline
+//! One reader task reads every ingress shard (`XREADGROUP`, and `XAUTOCLAIM` for what a
+//! dead consumer left pending) and hands each entry to the commit worker that owns its
+//! shard (`shard % COMMIT_WORKERS`). Each worker processes its batches one after the
+//! other — commit, publish, XACK — merging whatever has queued up meanwhile into one
+//! batch (group commit by batching; durability settings untouched), while the other
+//! workers and the reader go on. A conversation lives in one shard, so its sends are
+//! committed in the order the edges appended them; the workers' queues are bounded
+//! (`QUEUE_DEPTH` reads each), so a slow database stops the reader instead of growing
+//! memory or the pending lists.
+//!
 //! # Delivery guarantee
 //! A `send` counts as accepted when its batch's transaction has committed; the
 //! `accepted` frame is published after that commit, and the entry is XACKed after the
@@ -12,8 +23,9 @@
 //! - after publish, before XACK: the same, so subscribers may see the `msg` twice; edges
 //!   drop it by `seq`, and a sender may see `accepted` twice with the same `seq`.
 //!
-//! Messages committed by different processes may reach an edge out of `seq` order; the
-//! edge reorders, and repairs a persisting gap with a replay from PostgreSQL.
+//! Messages committed by different processes (or workers) may reach an edge out of
+//! `seq` order; the edge reorders, and repairs a persisting gap with a replay from
+//! PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +35,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use relaydesk_shared::bus::{self, Egress, Ingress, Source};
 use relaydesk_shared::wire::{Accepted, Actor, Message, ServerFrame};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,30 +47,48 @@ use crate::AppState;
 /// Most messages sent in one replay chunk.
 const REPLAY_CHUNK: i64 = 500;
 
+/// Reads queued per commit worker before the reader waits.
+const QUEUE_DEPTH: usize = 2;
+
+/// `sub`s of one batch answered at once (each a short read transaction).
+const REPLAYS_AT_ONCE: usize = 4;
+
 /// One entry read from an ingress stream.
 struct Entry {
-    stream: String,
+    stream: Arc<str>,
+    /// Index of the stream among the shards.
+    shard: usize,
     id: String,
     data: Option<Ingress>,
 }
 
-/// Runs until `shutdown`: read a batch, process it, repeat; reclaim and trim on a timer.
+/// Runs until `shutdown`: the reader loop here, the commit workers beside it; reclaim
+/// and trim on a timer. On shutdown the workers finish what they were handed.
 pub async fn run(state: Arc<AppState>, reader: Client, shutdown: CancellationToken) {
     let streams: Vec<String> = (0..state.config.ingress_shards)
         .map(|s| state.keys.ingress(s))
         .collect();
+    let names: Vec<Arc<str>> = streams.iter().map(|s| Arc::from(s.as_str())).collect();
     if let Err(e) = create_groups(&reader, &streams).await {
         tracing::error!(error = %e, "cannot create the ingress consumer groups");
     }
     let me = state.config.core_id.clone();
+    let workers = state.config.commit_workers.clamp(1, streams.len());
+    let mut queues = Vec::with_capacity(workers);
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        queues.push(tx);
+        tasks.push(tokio::spawn(work(state.clone(), rx)));
+    }
     let reclaim_every = (state.config.claim_idle / 2).max(Duration::from_millis(200));
     let mut last_reclaim = Instant::now();
     let mut last_trim = Instant::now();
-    tracing::info!(consumer = %me, shards = streams.len(), "ingress consumer started");
+    tracing::info!(consumer = %me, shards = streams.len(), workers, "ingress consumer started");
     while !shutdown.is_cancelled() {
         if last_reclaim.elapsed() >= reclaim_every {
             last_reclaim = Instant::now();
-            if let Err(e) = reclaim(&state, &reader, &streams, &me).await {
+            if let Err(e) = reclaim(&state, &reader, &names, &me, &queues).await {
                 tracing::warn!(error = %e, "reclaim failed");
             }
         }
@@ -73,7 +104,7 @@ pub async fn run(state: Arc<AppState>, reader: Client, shutdown: CancellationTok
                 streams.clone(), ids) => r,
         };
         let entries = match read {
-            Ok(resp) => stream_entries(resp),
+            Ok(resp) => stream_entries(resp, &names),
             Err(e) => {
                 tracing::warn!(error = %e, "ingress read failed");
                 if e.details().contains("NOGROUP") {
@@ -83,16 +114,52 @@ pub async fn run(state: Arc<AppState>, reader: Client, shutdown: CancellationTok
                 continue;
             }
         };
-        if entries.is_empty() {
-            continue;
+        if dispatch(entries, &queues).await.is_err() {
+            break;
         }
-        if let Err(e) = process(&state, &reader, entries).await {
+    }
+    drop(queues);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!(consumer = %me, "ingress consumer stopped");
+}
+
+/// Hands each entry to the worker owning its shard (waiting while that worker's queue
+/// is full). Fails only when a worker has gone.
+async fn dispatch(entries: Vec<Entry>, queues: &[mpsc::Sender<Vec<Entry>>]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut parts: Vec<Vec<Entry>> = (0..queues.len()).map(|_| Vec::new()).collect();
+    for e in entries {
+        parts[e.shard % queues.len()].push(e);
+    }
+    for (queue, part) in queues.iter().zip(parts) {
+        if !part.is_empty() && queue.send(part).await.is_err() {
+            return Err(Error::Internal("a commit worker has stopped".into()));
+        }
+    }
+    Ok(())
+}
+
+/// One commit worker: processes its shards' batches in order, merging what queued up
+/// while the previous batch committed (up to four reads' worth of entries).
+async fn work(state: Arc<AppState>, mut queue: mpsc::Receiver<Vec<Entry>>) {
+    let merge_max = (state.config.batch_size as usize).saturating_mul(4).max(1);
+    while let Some(mut batch) = queue.recv().await {
+        while batch.len() < merge_max {
+            match queue.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = process(&state, batch).await {
             // The entries stay pending and are reclaimed after `claim_idle`.
             tracing::warn!(error = %e, "batch failed; its entries will be reclaimed");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    tracing::info!(consumer = %me, "ingress consumer stopped");
 }
 
 async fn create_groups(reader: &Client, streams: &[String]) -> Result<()> {
@@ -111,7 +178,7 @@ async fn create_groups(reader: &Client, streams: &[String]) -> Result<()> {
 
 /// Entries of an XREADGROUP answer (nil when a blocking read times out; an array of
 /// `[stream, entries]` pairs in RESP2, a map in RESP3).
-fn stream_entries(resp: Value) -> Vec<Entry> {
+fn stream_entries(resp: Value, names: &[Arc<str>]) -> Vec<Entry> {
     let pairs: Vec<(Value, Value)> = match resp {
         Value::Array(streams) => streams
             .into_iter()
@@ -135,14 +202,18 @@ fn stream_entries(resp: Value) -> Vec<Entry> {
         let Some(stream) = stream.as_string() else {
             continue;
         };
-        out.extend(entries_of(&stream, entries));
+        let Some(shard) = names.iter().position(|n| **n == *stream) else {
+            tracing::warn!(%stream, "entries of a stream that is not an ingress shard");
+            continue;
+        };
+        out.extend(entries_of(&names[shard], shard, entries));
     }
     out
 }
 
 /// `[[id, [field, value, …]], …]` → entries; entries deleted meanwhile (nil fields) are
 /// kept with no data so that they are acknowledged.
-fn entries_of(stream: &str, entries: Value) -> Vec<Entry> {
+fn entries_of(stream: &Arc<str>, shard: usize, entries: Value) -> Vec<Entry> {
     let Value::Array(entries) = entries else {
         return Vec::new();
     };
@@ -166,12 +237,12 @@ fn entries_of(stream: &str, entries: Value) -> Vec<Entry> {
                     }
                 }
             }
-            Some(entry(stream.to_owned(), id, &map))
+            Some(entry(stream.clone(), shard, id, &map))
         })
         .collect()
 }
 
-fn entry(stream: String, id: String, fields: &HashMap<String, String>) -> Entry {
+fn entry(stream: Arc<str>, shard: usize, id: String, fields: &HashMap<String, String>) -> Entry {
     let data = fields
         .get(bus::FIELD_DATA)
         .and_then(|d| match serde_json::from_str::<Ingress>(d) {
@@ -181,19 +252,30 @@ fn entry(stream: String, id: String, fields: &HashMap<String, String>) -> Entry 
                 None
             }
         });
-    Entry { stream, id, data }
+    Entry {
+        stream,
+        shard,
+        id,
+        data,
+    }
 }
 
 /// Claims entries idle longer than `claim_idle` (their consumer died or stalled) and
-/// processes them as if freshly read.
-async fn reclaim(state: &AppState, reader: &Client, streams: &[String], me: &str) -> Result<()> {
+/// hands them to their shards' workers as if freshly read.
+async fn reclaim(
+    state: &AppState,
+    reader: &Client,
+    streams: &[Arc<str>],
+    me: &str,
+    queues: &[mpsc::Sender<Vec<Entry>>],
+) -> Result<()> {
     let idle = state.config.claim_idle.as_millis() as u64;
-    for s in streams {
+    for (shard, s) in streams.iter().enumerate() {
         let mut cursor = "0-0".to_owned();
         loop {
             let answer: Value = reader
                 .xautoclaim(
-                    s.as_str(),
+                    &**s,
                     bus::INGRESS_GROUP,
                     me,
                     idle,
@@ -209,12 +291,12 @@ async fn reclaim(state: &AppState, reader: &Client, streams: &[String], me: &str
             if parts.len() < 2 {
                 break;
             }
-            let claimed = entries_of(s, parts.remove(1));
+            let claimed = entries_of(s, shard, parts.remove(1));
             let next = parts.remove(0).as_string().unwrap_or_default();
             if !claimed.is_empty() {
                 metrics::counter!("relaydesk_core_reclaimed_total").increment(claimed.len() as u64);
                 tracing::info!(stream = %s, count = claimed.len(), "reclaimed pending entries");
-                process(state, reader, claimed).await?;
+                dispatch(claimed, queues).await?;
             }
             if next == "0-0" || next.is_empty() {
                 break;
@@ -257,7 +339,7 @@ async fn last_delivered(reader: &Client, stream: &str) -> Option<String> {
 }
 
 /// Processes one batch: commit, publish, then XACK.
-async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Result<()> {
+async fn process(state: &AppState, entries: Vec<Entry>) -> Result<()> {
     metrics::histogram!("relaydesk_core_batch_size").record(entries.len() as f64);
     let mut sends = Vec::new();
     let mut send_meta = Vec::new();
@@ -303,26 +385,33 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
         }
     }
 
+    // Sends and receipts commit in one transaction: one fsync per batch.
     let mut outs = Vec::new();
     let mut wake = Vec::new();
-    if !sends.is_empty() {
+    if !sends.is_empty() || !receipts.is_empty() {
         let started = Instant::now();
-        let committed = store::commit_sends(&state.pool, &sends).await?;
+        let committed = store::commit(&state.pool, &sends, &receipts).await?;
         metrics::histogram!("relaydesk_core_commit_seconds")
             .record(started.elapsed().as_secs_f64());
-        outs.extend(send_outputs(state, &sends, &committed.outcomes, &send_meta).await?);
+        if !sends.is_empty() {
+            outs.extend(send_outputs(state, &sends, &committed.outcomes, &send_meta).await?);
+        }
         wake = committed.wake;
     }
-    for (src, conv, after) in subs {
-        outs.extend(replay(state, src, conv, after).await?);
+    // Each `sub` is a short read of its own; a reconnect storm brings many at once.
+    for chunk in subs.chunks(REPLAYS_AT_ONCE) {
+        let replays = futures::future::try_join_all(
+            chunk
+                .iter()
+                .map(|(src, conv, after)| replay(state, src, *conv, *after)),
+        )
+        .await?;
+        outs.extend(replays.into_iter().flatten());
     }
     // Hellos arrive in storms (every client reconnecting): answered together, with a
     // few queries per tenant rather than per connection.
     outs.extend(welcome(state, &hellos).await?);
-    if !receipts.is_empty() {
-        store::store_receipts(&state.pool, &receipts).await?;
-        outs.extend(read_events(state, &reads).await?);
-    }
+    outs.extend(read_events(state, &reads).await?);
     state.fanout.publish(&outs).await?;
     // Reopen what visitors wrote to, before the XACK: a crash here leaves the entry
     // pending, and its reclaim (a dedupe hit on a still-resolved conversation) wakes it.
@@ -335,17 +424,17 @@ async fn process(state: &AppState, reader: &Client, entries: Vec<Entry>) -> Resu
             .record(now_us.saturating_sub(rx) as f64 / 1e6);
     }
 
+    // XACK on the shared client (the reader's connection blocks in XREADGROUP), one
+    // pipelined command per stream.
     let mut by_stream: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for e in &entries {
-        by_stream
-            .entry(e.stream.as_str())
-            .or_default()
-            .push(e.id.as_str());
+        by_stream.entry(&e.stream).or_default().push(e.id.as_str());
     }
+    let pipe = state.redis.pipeline();
     for (stream, ids) in by_stream {
-        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
-        let _: u64 = reader.xack(stream, bus::INGRESS_GROUP, ids).await?;
+        let () = pipe.xack(stream, bus::INGRESS_GROUP, ids).await?;
     }
+    let _: Vec<Value> = pipe.all().await?;
     Ok(())
 }
 
@@ -494,22 +583,15 @@ async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
         let (staff, visitors): (Vec<&Source>, Vec<&Source>) =
             srcs.iter().partition(|s| s.role.is_staff());
         for (who, sql) in [
-            (
-                staff,
-                "SELECT assignee_id, id FROM conversations \
-                 WHERE tenant_id = $1 AND assignee_id = ANY($2) AND status = 'assigned'",
-            ),
-            (
-                visitors,
-                "SELECT visitor_id, id FROM conversations \
-                 WHERE tenant_id = $1 AND visitor_id = ANY($2) AND status <> 'resolved'",
-            ),
+            (staff, store::OPEN_OF_STAFF_SQL),
+            (visitors, store::OPEN_OF_VISITORS_SQL),
         ] {
             if who.is_empty() {
                 continue;
             }
             let principals: Vec<Uuid> = who.iter().map(|s| s.principal).collect();
-            for row in tx.query(sql, &[tenant, &principals]).await? {
+            let stmt = tx.prepare_cached(sql).await?;
+            for row in tx.query(&stmt, &[tenant, &principals]).await? {
                 open.entry((*tenant, row.get(0)))
                     .or_default()
                     .push(row.get(1));
@@ -548,12 +630,8 @@ async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
         ids.sort();
         ids.dedup();
         crate::db::set_tenant(&tx, *tenant).await?;
-        let rows = tx
-            .query(
-                "SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = ANY($2)",
-                &[tenant, &ids],
-            )
-            .await?;
+        let stmt = tx.prepare_cached(store::HEADS_SQL).await?;
+        let rows = tx.query(&stmt, &[tenant, &ids]).await?;
         for r in rows {
             heads.insert((*tenant, r.get(0)), r.get::<_, i64>(1) as u64);
         }

@@ -69,12 +69,12 @@ pub async fn tenant_tx(
     Ok(tx)
 }
 
+/// Scopes the transaction to the tenant `$1` (text).
+pub const SET_TENANT_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
+
 /// Switches an open transaction to another tenant (batches span tenants).
 pub async fn set_tenant(tx: &Transaction<'_>, tenant: Uuid) -> Result<()> {
-    tx.execute(
-        "SELECT set_config('app.tenant_id', $1, true)",
-        &[&tenant.to_string()],
-    )
-    .await?;
+    let stmt = tx.prepare_cached(SET_TENANT_SQL).await?;
+    tx.execute(&stmt, &[&tenant.to_string()]).await?;
     Ok(())
 }

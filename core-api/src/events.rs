@@ -195,34 +195,6 @@ pub async fn enqueue_many(
     Ok(())
 }
 
-/// `message.created` for the messages just inserted, (conversation, seq) each, for
-/// every webhook of `tenant` subscribed to it: the payload is built in SQL from the
-/// stored rows, so a tenant without such a webhook costs one index probe per batch. The
-/// event id is the message id (the same for every webhook).
-pub async fn enqueue_messages(
-    tx: &Transaction<'_>,
-    tenant: Uuid,
-    convs: &[Uuid],
-    seqs: &[i64],
-) -> Result<()> {
-    tx.execute(
-        "INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event, payload)
-         SELECT $1::uuid, w.id, m.id, $2::text,
-                jsonb_build_object('id', m.id, 'event', $2::text, 'tenant', $1::uuid, 'created_at', $5::int8,
-                  'data', jsonb_build_object(
-                    'conversation', jsonb_build_object('id', m.conversation_id),
-                    'message', jsonb_build_object('id', m.id, 'seq', m.seq, 'kind', m.kind, 'body', m.body,
-                      'from', jsonb_build_object('id', m.sender_id, 'role', m.sender_role, 'name', m.sender_name))))
-           FROM webhooks w
-           JOIN unnest($3::uuid[], $4::int8[]) AS v(conv, seq) ON true
-           JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = v.conv AND m.seq = v.seq
-          WHERE w.tenant_id = $1::uuid AND $2::text = ANY(w.events)",
-        &[&tenant, &hook::MESSAGE_CREATED, &convs, &seqs, &(now_ms() as i64)],
-    )
-    .await?;
-    Ok(())
-}
-
 /// The webhook payload of a conversation change.
 pub fn conversation_data(c: &Change) -> Value {
     json!({

@@ -127,13 +127,18 @@ impl Fanout {
         Ok(outs)
     }
 
-    /// Appends every `Out` in one pipeline.
+    /// Appends every `Out` in one pipeline (and refreshes each edge stream's expiry
+    /// once).
     pub async fn publish(&self, outs: &[Out]) -> Result<()> {
         if outs.is_empty() {
             return Ok(());
         }
         let pipe = self.redis.pipeline();
+        let mut edges: Vec<&str> = Vec::new();
         for out in outs {
+            if !edges.contains(&out.edge.as_str()) {
+                edges.push(&out.edge);
+            }
             let key = self.keys.egress(&out.edge);
             let header = serde_json::to_string(&out.header)
                 .map_err(|e| crate::Error::Internal(e.to_string()))?;
@@ -150,6 +155,9 @@ impl Fanout {
                     fields,
                 )
                 .await?;
+        }
+        for edge in edges {
+            let key = self.keys.egress(edge);
             let () = pipe
                 .expire(key.as_str(), bus::EGRESS_EXPIRE_SECS, None)
                 .await?;

@@ -1,13 +1,21 @@
 //! Messages in PostgreSQL: idempotent batch commit with gapless per-conversation `seq`,
 //! history reads, receipts, and the access rule every path shares.
 //!
-//! [`commit_sends`] is where a message becomes durable. Per batch, in one transaction:
-//! lock the batch's conversations (`FOR UPDATE`, in (tenant, id) order so concurrent
-//! batches of several core-api processes never deadlock), look up which (conversation,
-//! sender, client id) keys already exist, allocate `last_seq + 1, + 2, …` to the new
-//! ones, insert them, advance `last_seq`, commit. The row lock serializes allocation, so
-//! seqs are gapless and strictly increasing; the dedupe lookup runs after the lock is
-//! held, so it sees every committed duplicate, whichever process committed it.
+//! [`commit`] is where a message becomes durable. Per batch, one transaction, and per
+//! tenant in it two statements, each prepared once per connection: [`LOCK_SQL`] locks
+//! the batch's conversations (`FOR UPDATE`, in (tenant, id) order so concurrent batches
+//! of several core-api processes never deadlock); [`COMMIT_SQL`] then looks up which
+//! (conversation, sender, client id) keys already exist, allocates `last_seq + 1, + 2,
+//! …` to the new ones, inserts them, advances `last_seq` and writes webhook events;
+//! receipts ([`RECEIPTS_SQL`]) ride in the same transaction; commit. The row lock
+//! serializes allocation, so seqs are gapless and strictly increasing; the dedupe lookup
+//! runs in a statement that starts after the lock is held, so it sees every committed
+//! duplicate, whichever process committed it.
+//!
+//! *Every statement here reaches rows through an index bound by the batch's keys*, never
+//! by a scan of the tenant's rows: their cost does not depend on the tenant's history or
+//! on when PostgreSQL last analyzed it (`tests/history.rs` checks the plans on a tenant
+//! with a million unanalyzed messages).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +24,7 @@ use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{self, Actor, Message};
 use relaydesk_shared::ErrorCode;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::db;
@@ -108,13 +117,18 @@ fn validate(m: &NewMessage) -> Result<()> {
     }
 }
 
-/// What [`conv_ref`] reads, from `conversations c` joined with `support_types s`.
-const CONV_COLUMNS: &str = "c.id, c.visitor_id, c.assignee_id, c.status, c.last_seq,
+/// `SELECT` of what [`conv_ref`] reads, from `conversations c` joined with
+/// `support_types s` (a macro, so that statements built on it are `const`).
+macro_rules! conv_select {
+    () => {
+        "SELECT c.id, c.visitor_id, c.assignee_id, c.status, c.last_seq,
     ARRAY(SELECT p.agent_id FROM participants p
            WHERE p.tenant_id = c.tenant_id AND p.conversation_id = c.id AND p.left_at IS NULL),
-    c.resolved_at IS NOT NULL AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now()";
-const CONV_FROM: &str = "conversations c
-    JOIN support_types s ON s.tenant_id = c.tenant_id AND s.key = c.support_type";
+    c.resolved_at IS NOT NULL AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now()
+  FROM conversations c
+  JOIN support_types s ON s.tenant_id = c.tenant_id AND s.key = c.support_type"
+    };
+}
 
 fn conv_ref(row: &tokio_postgres::Row) -> ConvRef {
     ConvRef {
@@ -130,8 +144,12 @@ fn conv_ref(row: &tokio_postgres::Row) -> ConvRef {
 
 /// Reads one conversation for an access decision (no lock).
 pub async fn conv(tx: &Transaction<'_>, tenant: Uuid, id: Uuid) -> Result<ConvRef> {
-    let sql =
-        format!("SELECT {CONV_COLUMNS} FROM {CONV_FROM} WHERE c.tenant_id = $1 AND c.id = $2");
+    let sql = tx
+        .prepare_cached(concat!(
+            conv_select!(),
+            " WHERE c.tenant_id = $1 AND c.id = $2"
+        ))
+        .await?;
     let row = tx
         .query_opt(&sql, &[&tenant, &id])
         .await?
@@ -139,37 +157,46 @@ pub async fn conv(tx: &Transaction<'_>, tenant: Uuid, id: Uuid) -> Result<ConvRe
     Ok(conv_ref(&row))
 }
 
-/// The result of [`commit_sends`].
+/// The result of [`commit`].
 #[derive(Debug, Default)]
 pub struct Committed {
-    /// One per input, in input order.
+    /// One per input send, in input order.
     pub outcomes: Vec<Outcome>,
     /// (tenant, conversation, visitor): a visitor wrote to a resolved or snoozed
     /// conversation, which `lifecycle::wake` reopens now that the message is committed.
     pub wake: Vec<(Uuid, Uuid, Uuid)>,
 }
 
-/// Commits a batch in one transaction; one [`Outcome`] per input, in input order.
+/// Commits sends alone (the REST fallback, blasts); see [`commit`].
 pub async fn commit_sends(pool: &Pool, batch: &[NewMessage]) -> Result<Committed> {
+    commit(pool, batch, &[]).await
+}
+
+/// Commits a batch of sends and receipts in one transaction (one fsync); one
+/// [`Outcome`] per send, in input order.
+pub async fn commit(pool: &Pool, batch: &[NewMessage], receipts: &[Receipt]) -> Result<Committed> {
     let mut wake = Vec::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-    let mut by_tenant: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+    let mut by_tenant: BTreeMap<Uuid, (Vec<usize>, Vec<&Receipt>)> = BTreeMap::new();
     for (i, m) in batch.iter().enumerate() {
         match validate(m) {
-            Ok(()) => by_tenant.entry(m.tenant).or_default().push(i),
+            Ok(()) => by_tenant.entry(m.tenant).or_default().0.push(i),
             Err(e) => outcomes[i] = Some(refused(e)),
         }
+    }
+    for r in receipts {
+        by_tenant.entry(r.tenant).or_default().1.push(r);
     }
     if !by_tenant.is_empty() {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        let ts: i64 = tx
-            .query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[])
-            .await?
-            .get(0);
-        for (tenant, idx) in &by_tenant {
-            db::set_tenant(&tx, *tenant).await?;
-            commit_tenant(&tx, *tenant, batch, idx, ts, &mut outcomes, &mut wake).await?;
+        for (tenant, (idx, receipts)) in &by_tenant {
+            if !idx.is_empty() {
+                commit_tenant(&tx, *tenant, batch, idx, &mut outcomes, &mut wake).await?;
+            } else {
+                db::set_tenant(&tx, *tenant).await?;
+            }
+            store_receipts(&tx, *tenant, receipts).await?;
         }
         tx.commit().await?;
     }
@@ -187,32 +214,118 @@ fn refused(e: Error) -> Outcome {
     }
 }
 
+/// Locks a tenant's conversations of a batch, in id order (statement 1 of a batch).
+pub const LOCK_SQL: &str = concat!(
+    conv_select!(),
+    " WHERE c.tenant_id = $1 AND c.id = ANY($2::uuid[]) ORDER BY c.id FOR UPDATE OF c"
+);
+
+/// Dedupes, allocates seqs, inserts, advances `last_seq`, stops first-response clocks
+/// and writes `message.created` webhook events, for one tenant's admitted sends
+/// (statement 2 of a batch; its conversations are locked by [`LOCK_SQL`], so its
+/// snapshot, taken after the lock, sees every committed duplicate and the true
+/// `last_seq`).
+///
+/// Every read is driven by the batch's keys: the dedupe probe and the `last_seq` read
+/// are `LATERAL` lookups on a unique index with every column bound, and the update
+/// finds its rows by primary key, so a batch costs the same whatever the tenant's
+/// history or the statistics say (`tests/history.rs` checks the plans on a tenant with
+/// a million unanalyzed messages). The keys arrive deduplicated (one per (conversation,
+/// sender, client id)). Rows out: one per input (`ord`, 1-based: stored columns when it
+/// existed, `new` when inserted now), then one per conversation whose first staff reply
+/// this was (`ord` null: support type, seconds since creation).
+pub const COMMIT_SQL: &str = "WITH
+k AS (
+    SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::jsonb[], $9::uuid[], $10::bool[])
+           WITH ORDINALITY AS k(conv, sender, role, name, client, kind, body, id, reply, ord)
+),
+clock AS (SELECT (extract(epoch FROM now()) * 1000)::int8 AS ms),
+found AS (
+    SELECT k.ord, m.seq, m.id, m.sender_role, m.sender_name, m.kind, m.body,
+           (extract(epoch FROM m.created_at) * 1000)::int8 AS ms
+      FROM k CROSS JOIN LATERAL (
+           SELECT * FROM messages m
+            WHERE m.tenant_id = $1 AND m.conversation_id = k.conv
+              AND m.sender_id = k.sender AND m.client_msg_id = k.client) m
+),
+fresh AS (
+    SELECT k.*, c.last_seq + row_number() OVER (PARTITION BY k.conv ORDER BY k.ord) AS seq,
+           c.first_response_at IS NULL AS unanswered, c.support_type, c.created_at AS conv_created
+      FROM k CROSS JOIN LATERAL (
+           SELECT * FROM conversations c WHERE c.tenant_id = $1 AND c.id = k.conv) c
+     WHERE k.ord NOT IN (SELECT ord FROM found)
+),
+inserted AS (
+    INSERT INTO messages (tenant_id, conversation_id, seq, id, sender_id, sender_role, sender_name,
+                          client_msg_id, kind, body, created_at)
+    SELECT $1, f.conv, f.seq, f.id, f.sender, f.role, f.name, f.client, f.kind, f.body,
+           to_timestamp(clock.ms::float8 / 1000)
+      FROM fresh f, clock
+),
+heads AS (
+    SELECT conv, max(seq) AS last_seq, bool_or(reply) AND bool_and(unanswered) AS first_reply,
+           min(support_type) AS support_type, min(conv_created) AS conv_created
+      FROM fresh GROUP BY conv
+),
+advanced AS (
+    UPDATE conversations c
+       SET last_seq = h.last_seq, updated_at = now(),
+           first_response_at = CASE WHEN h.first_reply THEN now() ELSE c.first_response_at END
+      FROM heads h
+     WHERE c.tenant_id = $1 AND c.id = ANY(ARRAY(SELECT conv FROM heads)) AND c.id = h.conv
+),
+hooks AS (
+    INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event, payload)
+    SELECT $1, w.id, f.id, $11::text,
+           jsonb_build_object('id', f.id, 'event', $11::text, 'tenant', $1::uuid, 'created_at', clock.ms,
+             'data', jsonb_build_object(
+               'conversation', jsonb_build_object('id', f.conv),
+               'message', jsonb_build_object('id', f.id, 'seq', f.seq, 'kind', f.kind, 'body', f.body,
+                 'from', jsonb_build_object('id', f.sender, 'role', f.role, 'name', f.name))))
+      FROM webhooks w, fresh f, clock
+     WHERE w.tenant_id = $1 AND $11::text = ANY(w.events)
+)
+SELECT f.ord, f.seq, f.id, false AS new, f.sender_role, f.sender_name, f.kind, f.body, f.ms,
+       NULL::text AS support_type, NULL::float8 AS waited
+  FROM found f
+UNION ALL
+SELECT f.ord, f.seq, f.id, true, NULL, NULL, NULL, NULL, clock.ms, NULL, NULL
+  FROM fresh f, clock
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, h.support_type,
+       extract(epoch FROM now() - h.conv_created)::float8
+  FROM heads h WHERE h.first_reply";
+
 async fn commit_tenant(
     tx: &Transaction<'_>,
     tenant: Uuid,
     batch: &[NewMessage],
     idx: &[usize],
-    ts: i64,
     outcomes: &mut [Option<Outcome>],
     wake: &mut Vec<(Uuid, Uuid, Uuid)>,
 ) -> Result<()> {
-    // 1. Lock the conversations, in id order.
+    // 1. Switch to the tenant and lock its conversations, in id order: one round trip,
+    // as both requests are sent before either answer is awaited (tokio-postgres sends a
+    // prepared statement's request when its future is first polled, and `try_join!`
+    // polls them in order, so the server runs them in order).
     let mut conv_ids: Vec<Uuid> = idx.iter().map(|&i| batch[i].conv).collect();
     conv_ids.sort();
     conv_ids.dedup();
-    let sql = format!(
-        "SELECT {CONV_COLUMNS} FROM {CONV_FROM}
-          WHERE c.tenant_id = $1 AND c.id = ANY($2) ORDER BY c.id FOR UPDATE OF c"
-    );
-    let mut convs: HashMap<Uuid, ConvRef> = tx
-        .query(&sql, &[&tenant, &conv_ids])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), conv_ref(r)))
-        .collect();
+    let set = tx.prepare_cached(db::SET_TENANT_SQL).await?;
+    let lock = tx.prepare_cached(LOCK_SQL).await?;
+    let scope = tenant.to_string();
+    let set_params: [&(dyn ToSql + Sync); 1] = [&scope];
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&tenant, &conv_ids];
+    let (_, rows) =
+        futures::try_join!(tx.execute(&set, &set_params), tx.query(&lock, &lock_params))?;
+    let convs: HashMap<Uuid, ConvRef> = rows.iter().map(|r| (r.get(0), conv_ref(r))).collect();
 
-    // 2. Access.
+    // 2. Access, and the batch's own duplicates (a resend within one batch): the first
+    // of each key goes to the database, the others take its outcome.
+    let mut first_of: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
     let mut admitted = Vec::with_capacity(idx.len());
+    let mut repeats = Vec::new();
     for &i in idx {
         let m = &batch[i];
         let access = match convs.get(&m.conv) {
@@ -225,186 +338,164 @@ async fn commit_tenant(
             }
             Some(c) => check_access(c, m.from.id, m.from.role),
         };
-        match access {
-            Ok(()) => {
-                // A visitor writing to a resolved (within the window) or snoozed
-                // conversation reopens it once this batch has committed.
-                let c = convs.get(&m.conv);
-                if m.from.role == Role::Visitor
-                    && c.is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
-                {
-                    wake.push((tenant, m.conv, m.from.id));
-                }
-                admitted.push(i)
+        if let Err(e) = access {
+            outcomes[i] = Some(refused(e));
+            continue;
+        }
+        // A visitor writing to a resolved (within the window) or snoozed conversation
+        // reopens it once this batch has committed.
+        if m.from.role == Role::Visitor
+            && convs
+                .get(&m.conv)
+                .is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
+        {
+            wake.push((tenant, m.conv, m.from.id));
+        }
+        match first_of.entry((m.conv, m.from.id, m.client_id.as_str())) {
+            std::collections::hash_map::Entry::Occupied(first) => repeats.push((i, *first.get())),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                admitted.push(i);
             }
-            Err(e) => outcomes[i] = Some(refused(e)),
         }
     }
     if admitted.is_empty() {
         return Ok(());
     }
 
-    // 3. Dedupe against what is already stored (the lock is held: nothing can slip in).
-    let keys_conv: Vec<Uuid> = admitted.iter().map(|&i| batch[i].conv).collect();
-    let keys_sender: Vec<Uuid> = admitted.iter().map(|&i| batch[i].from.id).collect();
-    let keys_client: Vec<&str> = admitted
-        .iter()
-        .map(|&i| batch[i].client_id.as_str())
-        .collect();
+    // 3. Dedupe, allocate, insert, advance: one statement.
+    let keys = Keys::of(batch, &admitted);
+    let commit = tx.prepare_cached(COMMIT_SQL).await?;
     let rows = tx
         .query(
-            &format!(
-                "SELECT m.conversation_id, m.client_msg_id, {MESSAGE_COLUMNS}
-               FROM messages m
-               JOIN unnest($2::uuid[], $3::uuid[], $4::text[]) AS k(conv, sender, client)
-                 ON m.conversation_id = k.conv AND m.sender_id = k.sender AND m.client_msg_id = k.client
-              WHERE m.tenant_id = $1"
-            ),
-            &[&tenant, &keys_conv, &keys_sender, &keys_client],
+            &commit,
+            &[
+                &tenant,
+                &keys.conv,
+                &keys.sender,
+                &keys.role,
+                &keys.name,
+                &keys.client,
+                &keys.kind,
+                &keys.body,
+                &keys.id,
+                &keys.reply,
+                &crate::events::hook::MESSAGE_CREATED,
+            ],
         )
         .await?;
-    let mut existing: HashMap<(Uuid, Uuid, String), Message> = HashMap::new();
     for r in &rows {
-        let m = message_from_row(r.get(0), r, 2);
-        existing.insert((m.conv, m.from.id, r.get::<_, String>(1)), m);
-    }
-
-    // 4. Allocate seqs to the new ones, in batch order.
-    let mut ins = Inserts::default();
-    for &i in &admitted {
+        let Some(ord) = r.get::<_, Option<i64>>(0) else {
+            let support_type: String = r.get(9);
+            metrics::histogram!("relaydesk_core_first_response_seconds", "support_type" => support_type)
+                .record(r.get::<_, f64>(10).max(0.0));
+            continue;
+        };
+        let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| admitted.get(o)) else {
+            return Err(Error::Internal(format!("commit returned ordinal {ord}")));
+        };
         let m = &batch[i];
-        let key = (m.conv, m.from.id, m.client_id.clone());
-        if let Some(found) = existing.get(&key) {
-            outcomes[i] = Some(Outcome::Committed {
-                message: found.clone(),
+        let new: bool = r.get(3);
+        let message = if new {
+            Message {
+                conv: m.conv,
+                seq: r.get::<_, i64>(1) as u64,
+                msg: r.get(2),
+                from: m.from.clone(),
+                kind: m.kind.clone(),
+                body: m.body.clone(),
+                ts: r.get(8),
+            }
+        } else {
+            let role: String = r.get(4);
+            Message {
+                conv: m.conv,
+                seq: r.get::<_, i64>(1) as u64,
+                msg: r.get(2),
+                from: Actor {
+                    id: m.from.id,
+                    role: Role::parse(&role).unwrap_or(Role::Visitor),
+                    name: r.get(5),
+                },
+                kind: r.get(6),
+                body: r.get(7),
+                ts: r.get(8),
+            }
+        };
+        outcomes[i] = Some(Outcome::Committed { message, new });
+    }
+    for (i, first) in repeats {
+        outcomes[i] = match &outcomes[first] {
+            Some(Outcome::Committed { message, .. }) => Some(Outcome::Committed {
+                message: message.clone(),
                 new: false,
-            });
-            continue;
-        }
-        let Some(c) = convs.get_mut(&m.conv) else {
-            continue;
+            }),
+            other => other.clone(),
         };
-        c.last_seq += 1;
-        let message = Message {
-            conv: m.conv,
-            seq: c.last_seq as u64,
-            msg: Uuid::now_v7(),
-            from: m.from.clone(),
-            kind: m.kind.clone(),
-            body: m.body.clone(),
-            ts,
-        };
-        ins.push(m, &message);
-        existing.insert(key, message.clone());
-        outcomes[i] = Some(Outcome::Committed { message, new: true });
     }
-    if ins.conv.is_empty() {
-        return Ok(());
-    }
-
-    // 5. Insert and advance last_seq.
-    tx.execute(
-        "INSERT INTO messages (tenant_id, conversation_id, seq, id, sender_id, sender_role, sender_name,
-                               client_msg_id, kind, body, created_at)
-         SELECT $1, c, s, i, snd, r, n, cid, k, b, to_timestamp($11::float8 / 1000)
-           FROM unnest($2::uuid[], $3::int8[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::text[],
-                       $9::text[], $10::jsonb[]) AS v(c, s, i, snd, r, n, cid, k, b)",
-        &[
-            &tenant,
-            &ins.conv,
-            &ins.seq,
-            &ins.id,
-            &ins.sender,
-            &ins.role,
-            &ins.name,
-            &ins.client,
-            &ins.kind,
-            &ins.body,
-            &(ts as f64),
-        ],
-    )
-    .await?;
-    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = convs
-        .values()
-        .filter(|c| ins.conv.contains(&c.id))
-        .map(|c| (c.id, c.last_seq))
-        .unzip();
-    tx.execute(
-        "UPDATE conversations c SET last_seq = v.s, updated_at = now()
-           FROM unnest($2::uuid[], $3::int8[]) AS v(id, s)
-          WHERE c.tenant_id = $1 AND c.id = v.id",
-        &[&tenant, &ids, &seqs],
-    )
-    .await?;
-
-    // 6. The first reply of the tenant's side starts the first-response clock's stop.
-    let replied: Vec<Uuid> = ins
-        .conv
-        .iter()
-        .zip(&ins.replies)
-        .filter(|(_, reply)| **reply)
-        .map(|(c, _)| *c)
-        .collect();
-    if !replied.is_empty() {
-        let rows = tx
-            .query(
-                "UPDATE conversations SET first_response_at = now()
-                  WHERE tenant_id = $1 AND id = ANY($2) AND first_response_at IS NULL
-              RETURNING support_type, extract(epoch FROM now() - created_at)::float8",
-                &[&tenant, &replied],
-            )
-            .await?;
-        for r in rows {
-            metrics::histogram!("relaydesk_core_first_response_seconds", "support_type" => r.get::<_, String>(0))
-                .record(r.get::<_, f64>(1).max(0.0));
-        }
-    }
-
-    // 7. `message.created` for the tenant's webhooks, in the same transaction (built in
-    // SQL, and only when a webhook subscribes: nothing to do for most tenants).
-    crate::events::enqueue_messages(tx, tenant, &ins.conv, &ins.seq).await?;
     Ok(())
 }
 
-/// Column arrays for one multi-row insert.
-#[derive(Default)]
-struct Inserts {
+/// The column arrays of [`COMMIT_SQL`], one element per admitted send.
+struct Keys<'a> {
     conv: Vec<Uuid>,
-    seq: Vec<i64>,
-    id: Vec<Uuid>,
     sender: Vec<Uuid>,
     role: Vec<&'static str>,
-    name: Vec<Option<String>>,
-    client: Vec<String>,
-    kind: Vec<String>,
-    body: Vec<Value>,
+    name: Vec<Option<&'a str>>,
+    client: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    body: Vec<&'a Value>,
+    /// The new message's id, used only if it is new.
+    id: Vec<Uuid>,
     /// Counts as the first response of its conversation (a staff text, not a blast).
-    replies: Vec<bool>,
+    reply: Vec<bool>,
 }
 
-impl Inserts {
-    fn push(&mut self, m: &NewMessage, stored: &Message) {
-        self.conv.push(stored.conv);
-        self.seq.push(stored.seq as i64);
-        self.id.push(stored.msg);
-        self.sender.push(m.from.id);
-        self.role.push(m.from.role.as_str());
-        self.name.push(m.from.name.clone());
-        self.client.push(m.client_id.clone());
-        self.kind.push(m.kind.clone());
-        self.body.push(m.body.clone());
-        self.replies
-            .push(m.from.role.is_staff() && m.kind == "text" && !m.broadcast);
+impl<'a> Keys<'a> {
+    fn of(batch: &'a [NewMessage], admitted: &[usize]) -> Self {
+        let n = admitted.len();
+        let mut k = Keys {
+            conv: Vec::with_capacity(n),
+            sender: Vec::with_capacity(n),
+            role: Vec::with_capacity(n),
+            name: Vec::with_capacity(n),
+            client: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            body: Vec::with_capacity(n),
+            id: Vec::with_capacity(n),
+            reply: Vec::with_capacity(n),
+        };
+        for &i in admitted {
+            let m = &batch[i];
+            k.conv.push(m.conv);
+            k.sender.push(m.from.id);
+            k.role.push(m.from.role.as_str());
+            k.name.push(m.from.name.as_deref());
+            k.client.push(m.client_id.as_str());
+            k.kind.push(m.kind.as_str());
+            k.body.push(&m.body);
+            k.id.push(Uuid::now_v7());
+            k.reply
+                .push(m.from.role.is_staff() && m.kind == "text" && !m.broadcast);
+        }
+        k
     }
 }
 
-/// The columns [`message_from_row`] reads, in its order (table alias `m`).
-const MESSAGE_COLUMNS: &str =
-    "m.sender_id, m.seq, m.id, m.sender_role, m.sender_name, m.kind, m.body,
-     (extract(epoch FROM m.created_at) * 1000)::int8";
+/// Messages of a conversation after a seq, in order, at most a limit, notes and
+/// suggestions only if `$4` (staff): a range of the primary key.
+pub const HISTORY_SQL: &str =
+    "SELECT m.sender_id, m.seq, m.id, m.sender_role, m.sender_name, m.kind, m.body,
+            (extract(epoch FROM m.created_at) * 1000)::int8
+       FROM messages m
+      WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.seq > $3
+        AND ($4 OR m.kind NOT IN ('note', 'suggestion'))
+      ORDER BY m.seq
+      LIMIT $5";
 
-/// Builds a [`Message`] of `conv` from [`MESSAGE_COLUMNS`], which start at column `at`.
-fn message_from_row(conv: Uuid, r: &tokio_postgres::Row, at: usize) -> Message {
+/// Builds a [`Message`] of `conv` from a row of [`HISTORY_SQL`].
+fn message_from_row(conv: Uuid, r: &tokio_postgres::Row) -> Message {
+    let at = 0;
     let role: String = r.get(at + 3);
     Message {
         conv,
@@ -431,16 +522,10 @@ pub async fn history(
     limit: i64,
     staff: bool,
 ) -> Result<Vec<Message>> {
+    let stmt = tx.prepare_cached(HISTORY_SQL).await?;
     let rows = tx
         .query(
-            &format!(
-                "SELECT {MESSAGE_COLUMNS}
-               FROM messages m
-              WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3
-                AND ($4 OR kind NOT IN ('note', 'suggestion'))
-              ORDER BY seq
-              LIMIT $5"
-            ),
+            &stmt,
             &[
                 &tenant,
                 &conv,
@@ -450,8 +535,22 @@ pub async fn history(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| message_from_row(conv, r, 0)).collect())
+    Ok(rows.iter().map(|r| message_from_row(conv, r)).collect())
 }
+
+/// A `hello`'s open conversations of staff: those assigned to them (partial index on
+/// the assignee).
+pub const OPEN_OF_STAFF_SQL: &str = "SELECT assignee_id, id FROM conversations
+     WHERE tenant_id = $1 AND assignee_id = ANY($2::uuid[]) AND status = 'assigned'";
+
+/// A `hello`'s open conversations of visitors: their unresolved ones (index on the
+/// visitor).
+pub const OPEN_OF_VISITORS_SQL: &str = "SELECT visitor_id, id FROM conversations
+     WHERE tenant_id = $1 AND visitor_id = ANY($2::uuid[]) AND status <> 'resolved'";
+
+/// The newest seq of each of a tenant's conversations (by primary key).
+pub const HEADS_SQL: &str =
+    "SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = ANY($2::uuid[])";
 
 /// A cumulative `ack` or a `read` receipt.
 #[derive(Debug, Clone)]
@@ -463,38 +562,35 @@ pub struct Receipt {
     pub read: bool,
 }
 
-/// Stores receipts; positions only move forward. Receipts for conversations that do not
-/// exist in the tenant are dropped.
-pub async fn store_receipts(pool: &Pool, receipts: &[Receipt]) -> Result<()> {
-    let mut by_tenant: BTreeMap<Uuid, Vec<&Receipt>> = BTreeMap::new();
-    for r in receipts {
-        by_tenant.entry(r.tenant).or_default().push(r);
+/// Stores one tenant's receipts; positions only move forward. Receipts for
+/// conversations that do not exist in the tenant, or beyond their newest message, are
+/// dropped. Conversations are looked up by primary key, one probe per receipt.
+pub const RECEIPTS_SQL: &str =
+    "INSERT INTO receipts AS r (tenant_id, conversation_id, principal_id, delivered_seq, read_seq)
+     SELECT $1, v.c, v.p, max(v.s), max(CASE WHEN v.rd THEN v.s ELSE 0 END)
+       FROM unnest($2::uuid[], $3::uuid[], $4::int8[], $5::bool[]) AS v(c, p, s, rd)
+       CROSS JOIN LATERAL (SELECT c.last_seq FROM conversations c
+                            WHERE c.tenant_id = $1 AND c.id = v.c) c
+      WHERE v.s <= c.last_seq
+      GROUP BY v.c, v.p
+     ON CONFLICT (tenant_id, conversation_id, principal_id) DO UPDATE
+        SET delivered_seq = greatest(r.delivered_seq, excluded.delivered_seq),
+            read_seq = greatest(r.read_seq, excluded.read_seq),
+            updated_at = now()";
+
+async fn store_receipts(tx: &Transaction<'_>, tenant: Uuid, rs: &[&Receipt]) -> Result<()> {
+    if rs.is_empty() {
+        return Ok(());
     }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    for (tenant, rs) in by_tenant {
-        db::set_tenant(&tx, tenant).await?;
-        let convs: Vec<Uuid> = rs.iter().map(|r| r.conv).collect();
-        let principals: Vec<Uuid> = rs.iter().map(|r| r.principal).collect();
-        let seqs: Vec<i64> = rs
-            .iter()
-            .map(|r| r.seq.min(i64::MAX as u64) as i64)
-            .collect();
-        let reads: Vec<bool> = rs.iter().map(|r| r.read).collect();
-        tx.execute(
-            "INSERT INTO receipts AS r (tenant_id, conversation_id, principal_id, delivered_seq, read_seq)
-             SELECT $1, v.c, v.p, max(v.s), max(CASE WHEN v.rd THEN v.s ELSE 0 END)
-               FROM unnest($2::uuid[], $3::uuid[], $4::int8[], $5::bool[]) AS v(c, p, s, rd)
-               JOIN conversations c ON c.tenant_id = $1 AND c.id = v.c AND v.s <= c.last_seq
-              GROUP BY v.c, v.p
-             ON CONFLICT (tenant_id, conversation_id, principal_id) DO UPDATE
-                SET delivered_seq = greatest(r.delivered_seq, excluded.delivered_seq),
-                    read_seq = greatest(r.read_seq, excluded.read_seq),
-                    updated_at = now()",
-            &[&tenant, &convs, &principals, &seqs, &reads],
-        )
+    let convs: Vec<Uuid> = rs.iter().map(|r| r.conv).collect();
+    let principals: Vec<Uuid> = rs.iter().map(|r| r.principal).collect();
+    let seqs: Vec<i64> = rs
+        .iter()
+        .map(|r| r.seq.min(i64::MAX as u64) as i64)
+        .collect();
+    let reads: Vec<bool> = rs.iter().map(|r| r.read).collect();
+    let stmt = tx.prepare_cached(RECEIPTS_SQL).await?;
+    tx.execute(&stmt, &[&tenant, &convs, &principals, &seqs, &reads])
         .await?;
-    }
-    tx.commit().await?;
     Ok(())
 }

@@ -27,7 +27,7 @@ async fn spawn_core(stack: &Stack, addr: &str, id: &str) -> Child {
         .env("CORE_ADDR", addr)
         .env("CORE_ID", id)
         .env("DATABASE_URL", &stack.env.database_url)
-        .env("DATABASE_POOL", "4")
+        .env("DATABASE_POOL", "6")
         .env("REDIS_URL", &stack.env.redis_url)
         .env("REDIS_PREFIX", &stack.prefix)
         .env(

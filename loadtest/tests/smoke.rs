@@ -153,6 +153,7 @@ async fn start_with(edges: usize, options: EdgeOptions) -> Stack {
     );
     config.edge_urls.clone_from(&edge_urls);
     config.database_pool = 4;
+    config.commit_workers = 2;
     let s = stop.clone();
     tokio::spawn(async move {
         if let Err(e) = relaydesk_core::run(l, config, async move { s.cancelled().await }).await {

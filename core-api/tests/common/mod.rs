@@ -209,6 +209,7 @@ impl Stack {
         );
         c.edge_urls = edges.to_vec();
         c.database_pool = 4;
+        c.commit_workers = 2;
         c.claim_idle = Duration::from_millis(1500);
         c.webhook_retry_base = Duration::from_millis(200);
         c
