@@ -199,6 +199,18 @@ pub async fn create(
     subject: Option<&str>,
     priority: Option<i32>,
 ) -> Result<Created> {
+    // Routing may wait for an agent's row (rarely a deadlock victim): try again then.
+    retrying(|| create_once(state, tenant, visitor, support_type, subject, priority)).await
+}
+
+async fn create_once(
+    state: &AppState,
+    tenant: Uuid,
+    visitor: Uuid,
+    support_type: &str,
+    subject: Option<&str>,
+    priority: Option<i32>,
+) -> Result<Created> {
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     tx.query_opt(
@@ -350,15 +362,9 @@ async fn move_to(
         )
         .await?
         .ok_or_else(|| Error::not_found("agent"))?;
-    let taken = tx
-        .execute(
-            "UPDATE agents SET open_count = open_count + 1, last_assigned_at = clock_timestamp()
-              WHERE tenant_id = $1 AND id = $2 AND status = 'online' AND open_count < max_concurrent",
-            &[&tenant, &agent],
-        )
-        .await?
-        == 1;
-    if !taken {
+    // The one agent chosen: waits if their row is held, since only its holder's commit
+    // tells whether a slot remains (routing's module docs).
+    if !routing::take_slot(tx, tenant, agent).await? {
         let status: String = exists.get(0);
         return Err(conflict(if status != "online" {
             format!("the agent is {status}")

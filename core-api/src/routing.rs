@@ -10,6 +10,30 @@
 //! (resolve, transfer, handoff) decrements in the transaction that changes the
 //! conversation, so the count never drifts from the rows. A conversation is routed only
 //! while its own row is locked (`FOR UPDATE`) and queued, so it is never assigned twice.
+//! Locks are taken in one order: the conversation's row, then agents' rows.
+//!
+//! # Never behind a busy agent row
+//! A transaction that takes or gives back an agent's slot holds that agent's row until
+//! it commits, and every router reads the same order of candidates, so waiting for the
+//! row would line all of them up behind the first agent while others are free. Routing
+//! instead takes the first candidate, in the strategy's order, whose row nobody holds:
+//! one statement locks it with `FOR NO KEY UPDATE SKIP LOCKED` (the lock the update takes
+//! anyway, so other transactions' foreign-key checks on the agent still pass) and applies
+//! the conditional update to it. A candidate passed over because its row was held is
+//! recorded as `locked`; that includes a visitor's previous agent, a preference rather
+//! than a promise.
+//!
+//! Only when every candidate with free capacity is held does routing wait, on the best of
+//! them (the plain conditional update), and if that agent turns out full it tries the
+//! rest again the same way; each round settles one candidate, so it ends. Waiting is right
+//! there: a held row is an assignment or a release about to commit, and whether a slot
+//! remains is known only then, so queueing at once would leave a conversation waiting
+//! while capacity remains, and retrying without the lock would only poll for the same
+//! commit. A single candidate (the support type's bot, the agent of a manual
+//! assignment) is waited for directly: nobody else is preferred. A router that waits may
+//! hold the row of a candidate it found full (PostgreSQL keeps the lock of a row it
+//! re-checked), so two waiting routers can rarely deadlock; PostgreSQL aborts one and
+//! the operation is retried (`lifecycle::retrying`; a failed drain is left to the sweep).
 //!
 //! # Strategies (per support type)
 //! - `round_robin`: eligible online agents with free capacity, longest since their last
@@ -19,11 +43,11 @@
 //! - a support type's bot, when it has one, takes new conversations first (`bot`).
 //!
 //! Nobody free: the conversation waits in the tenant's queue, ordered by priority, then
-//! by how long it has waited. [`drain`] assigns queued conversations, oldest first, when
-//! capacity frees up. Every decision is written to `assignments` with each candidate
-//! considered and why it was skipped.
+//! by how long it has waited. [`crate::lifecycle::drain`] assigns queued conversations,
+//! oldest first, when capacity frees up. Every decision is written to `assignments` with
+//! each candidate considered and why it was skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use serde::Serialize;
@@ -181,7 +205,9 @@ pub async fn eligible_online(tx: &Transaction<'_>, tenant: Uuid, key: &str) -> R
 }
 
 /// Takes one slot of `agent` if it is online with free capacity (the race-free step).
-async fn take_slot(tx: &Transaction<'_>, tenant: Uuid, agent: Uuid) -> Result<bool> {
+/// Waits while another transaction holds the agent's row: for the one agent there is to
+/// try (see the module docs); [`decide`] chooses among several without waiting.
+pub async fn take_slot(tx: &Transaction<'_>, tenant: Uuid, agent: Uuid) -> Result<bool> {
     Ok(tx
         .execute(
             "UPDATE agents SET open_count = open_count + 1, last_assigned_at = clock_timestamp()
@@ -190,6 +216,93 @@ async fn take_slot(tx: &Transaction<'_>, tenant: Uuid, agent: Uuid) -> Result<bo
         )
         .await?
         == 1)
+}
+
+/// Takes a slot of the first of `agents` (in preference order) whose row no other
+/// transaction holds, if it is online with free capacity: never waits. Returns who was
+/// taken, and which of `agents` are online with free capacity as of the statement (those
+/// passed over among them were held by another transaction).
+async fn take_unlocked(
+    tx: &Transaction<'_>,
+    tenant: Uuid,
+    agents: &[Uuid],
+) -> Result<(Option<Uuid>, Vec<Uuid>)> {
+    let row = tx
+        .query_one(
+            "WITH c AS (SELECT id, ord FROM unnest($2::uuid[]) WITH ORDINALITY AS c (id, ord)),
+                  pick AS (
+                      SELECT a.id FROM agents a JOIN c ON c.id = a.id
+                       WHERE a.tenant_id = $1 AND a.status = 'online' AND a.open_count < a.max_concurrent
+                       ORDER BY c.ord LIMIT 1
+                         FOR NO KEY UPDATE OF a SKIP LOCKED),
+                  took AS (
+                      UPDATE agents a SET open_count = a.open_count + 1, last_assigned_at = clock_timestamp()
+                        FROM pick
+                       WHERE a.tenant_id = $1 AND a.id = pick.id
+                         AND a.status = 'online' AND a.open_count < a.max_concurrent
+                   RETURNING a.id)
+             SELECT (SELECT id FROM took),
+                    ARRAY(SELECT a.id FROM agents a JOIN c ON c.id = a.id
+                           WHERE a.tenant_id = $1 AND a.status = 'online'
+                             AND a.open_count < a.max_concurrent
+                           ORDER BY c.ord)",
+            &[&tenant, &agents],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Who [`take_first`] took, and why each candidate it passed over was passed over.
+#[derive(Debug, Default)]
+struct Taken {
+    agent: Option<Uuid>,
+    passed: HashMap<Uuid, &'static str>,
+}
+
+/// Takes a slot of the first of `agents` (in preference order, each online with free
+/// capacity when last read) that has one. A free agent whose row nobody holds is taken
+/// over waiting for a held row; only when every free agent is held does it wait, for the
+/// best of them (the module docs say why).
+async fn take_first(tx: &Transaction<'_>, tenant: Uuid, agents: &[Uuid]) -> Result<Taken> {
+    let mut taken = Taken::default();
+    let mut left = agents.to_vec();
+    loop {
+        let wait_for = match left.as_slice() {
+            [] => return Ok(taken),
+            // Nobody else to prefer: wait for its row if it is held.
+            [only] => *only,
+            _ => {
+                let (agent, free) = take_unlocked(tx, tenant, &left).await?;
+                for &a in left.iter().take_while(|a| Some(**a) != agent) {
+                    let why = if free.contains(&a) {
+                        "locked"
+                    } else {
+                        // Full or away by now: another router took the last slot meanwhile.
+                        "lost_race"
+                    };
+                    taken.passed.insert(a, why);
+                }
+                if let Some(a) = agent {
+                    taken.passed.remove(&a);
+                    taken.agent = Some(a);
+                    return Ok(taken);
+                }
+                // Everyone still free is held by a transaction about to commit.
+                left.retain(|a| free.contains(a));
+                match left.first() {
+                    Some(&best) => best,
+                    None => return Ok(taken),
+                }
+            }
+        };
+        if take_slot(tx, tenant, wait_for).await? {
+            taken.passed.remove(&wait_for);
+            taken.agent = Some(wait_for);
+            return Ok(taken);
+        }
+        taken.passed.insert(wait_for, "lost_race");
+        left.retain(|a| *a != wait_for);
+    }
 }
 
 /// Gives back a slot of `agent` (its conversation was resolved or moved away).
@@ -214,6 +327,7 @@ pub async fn decide(
         .bot
         .filter(|b| !req.humans_only && !req.exclude.contains(b))
     {
+        // The one candidate first: waited for if its row is held (see the module docs).
         if take_slot(tx, tenant, bot).await? {
             candidates.push(Considered {
                 agent: bot,
@@ -245,34 +359,46 @@ pub async fn decide(
             preferred = Some(p);
         }
     }
-    let mut assignee = None;
+    // Passed over on what the read saw; the rest are tried in order.
     let mut tried: HashSet<Uuid> = HashSet::new();
-    for r in &rows {
-        if assignee.is_some() {
-            candidates.push(Considered {
-                agent: r.id,
-                skipped: Some("not_reached"),
-            });
-            continue;
-        }
-        let skipped = if req.exclude.contains(&r.id) {
-            Some("excluded")
-        } else if r.status != "online" {
-            Some(if r.status == "away" {
-                "away"
+    let seen: Vec<Option<&'static str>> = rows
+        .iter()
+        .map(|r| {
+            if req.exclude.contains(&r.id) {
+                Some("excluded")
+            } else if r.status != "online" {
+                Some(if r.status == "away" {
+                    "away"
+                } else {
+                    "offline"
+                })
+            } else if r.open >= r.max {
+                Some("at_capacity")
+            } else if !tried.insert(r.id) {
+                Some("duplicate")
             } else {
-                "offline"
-            })
-        } else if r.open >= r.max {
-            Some("at_capacity")
-        } else if !tried.insert(r.id) {
-            Some("duplicate")
-        } else if take_slot(tx, tenant, r.id).await? {
-            assignee = Some(r.id);
+                None
+            }
+        })
+        .collect();
+    let open: Vec<Uuid> = rows
+        .iter()
+        .zip(&seen)
+        .filter(|(_, why)| why.is_none())
+        .map(|(r, _)| r.id)
+        .collect();
+    let taken = take_first(tx, tenant, &open).await?;
+    let assignee = taken.agent;
+    let mut reached = true;
+    for (r, why) in rows.iter().zip(seen) {
+        let skipped = if !reached {
+            Some("not_reached")
+        } else if assignee == Some(r.id) {
+            reached = false;
             None
         } else {
-            // Another router took the last slot, or the agent went away meanwhile.
-            Some("lost_race")
+            why.or_else(|| taken.passed.get(&r.id).copied())
+                .or(Some("not_reached"))
         };
         candidates.push(Considered {
             agent: r.id,

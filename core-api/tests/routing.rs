@@ -1,6 +1,6 @@
 //! Routing and assignment against real PostgreSQL and Redis: each strategy, the queue
 //! draining in order, capacity under concurrent routers in several core-api processes,
-//! and the availability grace period.
+//! choosing around a held agent row, and the availability grace period.
 
 mod common;
 
@@ -384,6 +384,108 @@ async fn concurrent_routers_never_exceed_capacity_or_double_assign() {
     assert!(
         given.iter().all(|(_, n)| *n == 1),
         "assigned twice: {given:?}"
+    );
+}
+
+/// Choosing an agent never waits behind another transaction's lock on an agent row
+/// while another candidate is free, and waits (rather than queueing) when every free
+/// candidate is held.
+#[tokio::test]
+async fn routing_skips_a_held_agent_row_and_waits_only_when_all_are_held() {
+    let stack = Stack::start(1).await;
+    let t = stack.tenant().await;
+    let mut pair = [
+        stack.agent_with(&t, "agent", "human", 2, true).await.id,
+        stack.agent_with(&t, "agent", "human", 2, true).await.id,
+    ];
+    // Equal load and never assigned: capacity routing prefers the lower id.
+    pair.sort();
+    let [a, b] = pair;
+    support_type(
+        &stack,
+        &t,
+        json!({"key": "held", "name": "Held", "routing": "capacity", "agents": [a, b],
+               "prefer_previous_agent": false}),
+    )
+    .await;
+    // A transaction holding A's row as an assignment in flight does (`UPDATE` takes
+    // `FOR NO KEY UPDATE`).
+    let holder = stack.admin_db().await;
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let hold = |agent: Uuid| {
+        let holder = &holder;
+        let tenant = t.id;
+        async move {
+            holder
+                .execute(
+                    "SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE",
+                    &[&tenant, &agent],
+                )
+                .await
+                .expect("lock agent row")
+        }
+    };
+    holder.batch_execute("BEGIN").await.expect("begin");
+    assert_eq!(hold(a).await, 1);
+
+    // A is held: the create goes to B at once instead of queueing behind A's row.
+    let (first, assignee, status) =
+        tokio::time::timeout(Duration::from_secs(10), open(&stack, &t, "held", None))
+            .await
+            .expect("the create waited behind agent A's held row");
+    assert_eq!((assignee, status.as_str()), (Some(b), "assigned"));
+    let h = history(&stack, &t, first).await;
+    assert_eq!(
+        h[0]["candidates"],
+        json!([{"agent": a, "skipped": "locked"}, {"agent": b}]),
+        "{h:?}"
+    );
+
+    // Both held: the create waits for the better one (A, less loaded) instead of
+    // queueing, and takes it when its holder commits.
+    assert_eq!(hold(b).await, 1);
+    let watcher = stack.admin_db().await;
+    let release = async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&holder_pid],
+                )
+                .await
+                .expect("blocked backends")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the create never waited for the held rows"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holder.batch_execute("COMMIT").await.expect("commit");
+    };
+    let ((second, assignee, status), ()) = tokio::join!(
+        async {
+            tokio::time::timeout(WAIT, open(&stack, &t, "held", None))
+                .await
+                .expect("the create never finished")
+        },
+        release
+    );
+    assert_eq!((assignee, status.as_str()), (Some(a), "assigned"));
+    let h = history(&stack, &t, second).await;
+    assert_eq!(h[0]["action"], "routed", "{h:?}");
+    assert_eq!(
+        h[0]["candidates"],
+        json!([{"agent": a}, {"agent": b, "skipped": "not_reached"}]),
+        "{h:?}"
     );
 }
 

@@ -280,7 +280,7 @@ pub struct TagsBody {
 #[derive(Serialize, ToSchema)]
 pub struct Candidate {
     pub agent: Uuid,
-    /// Why it was passed over (offline, away, at_capacity, excluded, lost_race,
+    /// Why it was passed over (offline, away, at_capacity, excluded, lost_race, locked,
     /// not_reached, bot_unavailable); absent for the chosen one.
     pub skipped: Option<String>,
 }
