@@ -152,6 +152,13 @@ pub struct Report {
     /// The server's own stage latencies over the run (`chat`), from its `/metrics`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<crate::stages::Stage>,
+    /// Each edge's and core-api's CPU per persisted message over the same window
+    /// (`chat`), from their `process_cpu_seconds_total`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<crate::stages::ProcessCpu>,
+    /// When the stage and CPU figures' window began and ended (`chat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_span: Option<crate::stages::Span>,
 
     /// Own CPU (fraction of a core) of each harness process.
     pub own_cpu: Vec<f64>,
@@ -303,6 +310,16 @@ impl Report {
                 );
             }
         }
+        if !self.cpu.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{:<64} {:>10} {:>21}",
+                "server CPU (process_cpu_seconds_total)", "CPU s", "µs per message"
+            );
+            for (label, cpu_s, per) in self.cpu_rows() {
+                let _ = writeln!(s, "{label:<64} {cpu_s:>10.2} {per:>21}");
+            }
+        }
         let _ = writeln!(s);
         for (k, v) in self.figures() {
             let _ = writeln!(s, "  {k:<22} {v}");
@@ -327,6 +344,30 @@ impl Report {
             let _ = writeln!(s, "  FAILED: {f}");
         }
         s
+    }
+
+    /// The CPU table's rows: each process, then the total (label, CPU s, µs per message
+    /// with its ±).
+    fn cpu_rows(&self) -> Vec<(String, f64, String)> {
+        let per = |us: Option<f64>, res: Option<f64>| match (us, res) {
+            (Some(us), Some(res)) => format!("{us:.1} ± {res:.1}"),
+            (Some(us), None) => format!("{us:.1}"),
+            _ => "—".to_owned(),
+        };
+        let mut rows: Vec<(String, f64, String)> = self
+            .cpu
+            .iter()
+            .map(|p| (p.label(), p.cpu_s, per(p.us_per_message, p.resolution_us)))
+            .collect();
+        let sum = |f: fn(&crate::stages::ProcessCpu) -> Option<f64>| {
+            self.cpu.iter().map(f).sum::<Option<f64>>()
+        };
+        rows.push((
+            "total".to_owned(),
+            self.cpu.iter().map(|p| p.cpu_s).sum(),
+            per(sum(|p| p.us_per_message), sum(|p| p.resolution_us)),
+        ));
+        rows
     }
 
     fn intervals(&self) -> Vec<(&'static str, &Summary)> {
@@ -483,6 +524,18 @@ impl Report {
                     ms(st.mean_ms),
                     ms(st.p50_ms),
                     ms(st.p99_ms)
+                );
+            }
+            h.push_str("</table>");
+        }
+        if !self.cpu.is_empty() {
+            h.push_str("<h2>Server CPU per persisted message</h2><p>Growth of each process's <code>process_cpu_seconds_total</code> over the same window, divided by the messages accepted; ± the counter's resolution per message.</p><table><tr><th>process</th><th>CPU s</th><th>µs per message</th></tr>");
+            for (label, cpu_s, per) in self.cpu_rows() {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{cpu_s:.2}</td><td>{}</td></tr>",
+                    esc(&label),
+                    esc(&per)
                 );
             }
             h.push_str("</table>");
@@ -789,5 +842,27 @@ mod tests {
         let h = r.html().unwrap();
         assert!(h.contains("Memory over time") && h.contains("resident memory"));
         assert!(r.table().contains("memory core http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn cpu_table_with_total() {
+        let mut r = Report::new("chat", stats::DELIVER, &Window::default());
+        let cpu = |process: &str, url: &str, cpu_s: f64| crate::stages::ProcessCpu {
+            process: process.into(),
+            url: url.into(),
+            cpu_s,
+            us_per_message: Some(cpu_s * 100.0),
+            resolution_us: Some(100.0),
+        };
+        r.cpu = vec![cpu("edge", "ws://e1", 1.0), cpu("core", "http://c", 2.0)];
+        let t = r.table();
+        assert!(t.contains("server CPU (process_cpu_seconds_total)"));
+        assert!(t.contains("core http://c") && t.contains("200.0 ± 100.0"));
+        let total = t.lines().find(|l| l.starts_with("total")).unwrap();
+        assert!(total.contains("3.00") && total.ends_with("300.0 ± 200.0"));
+        assert!(r
+            .html()
+            .unwrap()
+            .contains("Server CPU per persisted message"));
     }
 }

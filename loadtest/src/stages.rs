@@ -5,6 +5,11 @@
 //!
 //! Quantiles are interpolated within Prometheus buckets (as `histogram_quantile` does), so
 //! they are as coarse as the buckets (`shared::telemetry`).
+//!
+//! The same two reads give each process's CPU per persisted message ([`cpu_per_message`]):
+//! the growth of its `process_cpu_seconds_total` divided by the messages accepted, ± the
+//! counter's resolution (Relaydesk exports fractional seconds, a 10 ms tick; a counter of
+//! whole seconds, as metrics-process exports by default, is ± 1 s), given with it.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,24 +54,114 @@ pub struct Stage {
 /// Every exporter's `/metrics` text at one moment (empty when unreadable).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    edges: Vec<String>,
+    /// (WebSocket URL, `/metrics` text) of each edge.
+    edges: Vec<(String, String)>,
+    core_url: String,
     core: String,
+    /// When the reads began, in Unix seconds.
+    at_unix_s: f64,
 }
 
 /// Reads every edge's and core-api's `/metrics`.
 pub async fn snapshot(api: &Api, target: &Target) -> Snapshot {
+    let at_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let mut edges = Vec::new();
-    for i in 0..target.edges.len() {
+    for (i, ws) in target.edges.iter().enumerate() {
         if let Some(url) = target.edge_metrics_url(i) {
-            edges.push(metrics_text(api, &url).await.unwrap_or_default());
+            let text = metrics_text(api, &url).await.unwrap_or_default();
+            edges.push((ws.clone(), text));
         }
     }
     Snapshot {
         edges,
+        core_url: target.core.clone(),
         core: metrics_text(api, &target.core_metrics_url())
             .await
             .unwrap_or_default(),
+        at_unix_s,
     }
+}
+
+/// The wall-clock window between two snapshots, in Unix seconds: what the stage and CPU
+/// figures cover (so that CPU read elsewhere, e.g. from `/proc`, can cover the same).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Span {
+    pub from_unix_s: f64,
+    pub to_unix_s: f64,
+}
+
+pub fn span(before: &Snapshot, after: &Snapshot) -> Span {
+    Span {
+        from_unix_s: before.at_unix_s,
+        to_unix_s: after.at_unix_s,
+    }
+}
+
+/// The counter of user + system CPU time every edge and core-api exports.
+const CPU_METRIC: &str = "process_cpu_seconds_total";
+
+/// One process's CPU between two snapshots, per persisted message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessCpu {
+    /// `edge` or `core`.
+    pub process: String,
+    /// The edge's WebSocket URL or core-api's base URL.
+    pub url: String,
+    /// CPU seconds (user + system) used between the snapshots.
+    pub cpu_s: f64,
+    /// `cpu_s` in µs per persisted message; `None` without messages.
+    pub us_per_message: Option<f64>,
+    /// ± on `us_per_message` from the counter's resolution: one step (1 s for a counter
+    /// of whole seconds, else a 10 ms clock tick) per persisted message.
+    pub resolution_us: Option<f64>,
+}
+
+impl ProcessCpu {
+    /// `edge ws://…` or `core http://…`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.process, self.url)
+    }
+}
+
+/// Each process's CPU between two snapshots and per persisted message (`messages`:
+/// accepted over the same window); a process whose counter is missing from either
+/// snapshot is left out.
+pub fn cpu_per_message(before: &Snapshot, after: &Snapshot, messages: u64) -> Vec<ProcessCpu> {
+    let mut out = Vec::new();
+    let mut add = |process: &str, url: &str, before: &str, after: &str| {
+        let (Some(b), Some(a)) = (
+            prometheus_value(before, CPU_METRIC),
+            prometheus_value(after, CPU_METRIC),
+        ) else {
+            return;
+        };
+        let step = if b.fract() == 0.0 && a.fract() == 0.0 {
+            1.0
+        } else {
+            0.01
+        };
+        let per = |s: f64| (messages > 0).then(|| s * 1e6 / messages as f64);
+        let cpu_s = (a - b).max(0.0);
+        out.push(ProcessCpu {
+            process: process.to_owned(),
+            url: url.to_owned(),
+            cpu_s,
+            us_per_message: per(cpu_s),
+            resolution_us: per(step),
+        });
+    };
+    for (url, text) in &after.edges {
+        let earlier = before
+            .edges
+            .iter()
+            .find(|(u, _)| u == url)
+            .map_or("", |(_, t)| t.as_str());
+        add("edge", url, earlier, text);
+    }
+    add("core", &after.core_url, &before.core, &after.core);
+    out
 }
 
 /// Each stage between two snapshots; stages nobody exported are left out.
@@ -75,7 +170,7 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> Vec<Stage> {
     for (metric, exporter, what) in STAGES {
         let texts = |s: &Snapshot| -> Vec<String> {
             match exporter {
-                Exporter::Edges => s.edges.clone(),
+                Exporter::Edges => s.edges.iter().map(|(_, t)| t.clone()).collect(),
                 Exporter::Core => vec![s.core.clone()],
             }
         };
@@ -116,7 +211,7 @@ pub fn edge_counter(before: &Snapshot, after: &Snapshot, name: &str) -> f64 {
     let sum = |s: &Snapshot| -> f64 {
         s.edges
             .iter()
-            .filter_map(|t| prometheus_value(t, name))
+            .filter_map(|(_, t)| prometheus_value(t, name))
             .sum()
     };
     sum(after) - sum(before)
@@ -251,13 +346,13 @@ mod tests {
     #[test]
     fn quantiles_of_the_difference() {
         let before = Snapshot {
-            edges: vec![],
             core: text([10, 10, 10, 10], 0.005),
+            ..Snapshot::default()
         };
         // The run added 100 observations: 50 under 1 ms, 40 in 1–5 ms, 10 in 5–10 ms.
         let after = Snapshot {
-            edges: vec![],
             core: text([60, 100, 110, 110], 0.305),
+            ..Snapshot::default()
         };
         let stages = between(&before, &after);
         let commit = stages
@@ -282,13 +377,72 @@ mod tests {
             "{n}_bucket{{shard=\"1\",le=\"0.001\"}} 1\n{n}_bucket{{shard=\"1\",le=\"+Inf\"}} 2\n{n}_bucket{{shard=\"2\",le=\"0.001\"}} 3\n{n}_bucket{{shard=\"2\",le=\"+Inf\"}} 3\n{n}_sum 0.01\n{n}_count 5\n"
         );
         let after = Snapshot {
-            edges: vec![edge.clone(), edge],
-            core: String::new(),
+            edges: vec![("ws://a".into(), edge.clone()), ("ws://b".into(), edge)],
+            ..Snapshot::default()
         };
         let stages = between(&Snapshot::default(), &after);
         assert_eq!(stages.len(), 1);
         assert_eq!(stages[0].count, 10);
         // 8 of 10 under 1 ms; the p99 is in +Inf: the highest finite bound.
         assert_eq!(stages[0].p99_ms, Some(1.0));
+    }
+
+    #[test]
+    fn cpu_per_persisted_message() {
+        let cpu = |v: &str| format!("# TYPE {CPU_METRIC} counter\n{CPU_METRIC} {v}\n");
+        let snap = |t: f64, e1: &str, e2: &str, core: &str| Snapshot {
+            edges: vec![
+                ("ws://e1/v1/ws".into(), cpu(e1)),
+                ("ws://e2/v1/ws".into(), cpu(e2)),
+            ],
+            core_url: "http://core".into(),
+            core: cpu(core),
+            at_unix_s: t,
+        };
+        // Whole seconds (metrics-process's counter): ± 1 s / 20,000 messages = 50 µs.
+        let before = snap(100.0, "10", "4", "7");
+        let after = snap(130.5, "13", "4", "9");
+        let figures = cpu_per_message(&before, &after, 20_000);
+        assert_eq!(
+            figures
+                .iter()
+                .map(|p| (p.label(), p.cpu_s, p.us_per_message, p.resolution_us))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    "edge ws://e1/v1/ws".to_owned(),
+                    3.0,
+                    Some(150.0),
+                    Some(50.0)
+                ),
+                ("edge ws://e2/v1/ws".to_owned(), 0.0, Some(0.0), Some(50.0)),
+                ("core http://core".to_owned(), 2.0, Some(100.0), Some(50.0)),
+            ]
+        );
+        assert_eq!(
+            span(&before, &after),
+            Span {
+                from_unix_s: 100.0,
+                to_unix_s: 130.5
+            }
+        );
+        // Fractional seconds: a 10 ms tick of resolution; no messages: no per-message figure.
+        let f = cpu_per_message(&snap(0.0, "1.25", "1", "1"), &snap(1.0, "1.5", "1", "1"), 0);
+        assert!((f[0].cpu_s - 0.25).abs() < 1e-12);
+        assert_eq!((f[0].us_per_message, f[0].resolution_us), (None, None));
+        let f = cpu_per_message(
+            &snap(0.0, "1.25", "1", "1"),
+            &snap(1.0, "1.5", "1", "1"),
+            100,
+        );
+        assert!((f[0].resolution_us.unwrap() - 100.0).abs() < 1e-9);
+        // An edge whose counter could not be read before the run is left out.
+        let mut unread = snap(0.0, "1", "1", "1");
+        unread.edges[1].1.clear();
+        let f = cpu_per_message(&unread, &snap(1.0, "2", "2", "2"), 10);
+        assert_eq!(
+            f.iter().map(ProcessCpu::label).collect::<Vec<_>>(),
+            ["edge ws://e1/v1/ws", "core http://core"]
+        );
     }
 }

@@ -101,15 +101,22 @@ pub(crate) async fn stack_ready(env_file: &Path) -> bool {
     matches!(http.get(format!("{core}/readyz")).send().await, Ok(r) if r.status().is_success())
 }
 
-/// Edge pids from `.relaydesk/dev/pids` (`edge-1=…`), in order.
-pub(crate) fn edge_pids(root: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(root.join(".relaydesk").join("dev").join("pids"))
-        .unwrap_or_default();
-    let mut pids: Vec<(String, String)> = text
+/// What `cargo xtask up --detach` wrote to `.relaydesk/dev/pids`: `(name, value)` (pids of
+/// `core-api`, `edge-N` and `redis`, `redis_port`, `pg_port`, `pg_data`); empty without it.
+pub(crate) fn dev_state(root: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(root.join(".relaydesk").join("dev").join("pids"))
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Edge pids from `.relaydesk/dev/pids` (`edge-1=…`), in order.
+pub(crate) fn edge_pids(root: &Path) -> Vec<String> {
+    let mut pids: Vec<(String, String)> = dev_state(root)
+        .into_iter()
         .filter(|(k, _)| k.starts_with("edge-"))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect();
     pids.sort_by_key(|(k, _)| up::edge_number(k));
     pids.into_iter().map(|(_, v)| v).collect()

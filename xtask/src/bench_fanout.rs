@@ -221,7 +221,7 @@ const QUIET_WAIT: Duration = Duration::from_secs(120);
 const QUIET_BUSY: f64 = 0.25;
 
 /// The machine's (busy, total) CPU ticks from `/proc/stat`.
-fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let v: Vec<u64> = stat
         .lines()

@@ -6,6 +6,8 @@
 //! - `restart-edges`: a rolling restart of the edges `up --detach` started.
 //! - `bench`: the standard load suite (`loadtest`), reports in `docs/bench/`.
 //! - `bench-fanout`: one edge's fan-out side by side with Bun's pub/sub (`bench/bun/`).
+//! - `bench-core`: CPU per persisted message per process (PostgreSQL, Redis, core-api, each
+//!   edge) against pgbench's raw insert of message-shaped rows on the same PostgreSQL.
 //!
 //! Nothing here ever touches a system PostgreSQL or Redis: every instance is private, listens on
 //! a free port of 127.0.0.1 and keeps its data under `<workspace>/.relaydesk/`.
@@ -20,6 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 mod bench;
+mod bench_core;
 mod bench_fanout;
 mod bench_scale;
 mod e2e;
@@ -120,6 +123,26 @@ enum Command {
         #[arg(long)]
         from_reports: bool,
     },
+    /// CPU per persisted message of PostgreSQL, Redis, core-api and each edge under
+    /// `loadtest chat` (from /proc), against pgbench's raw batched insert of message-shaped
+    /// rows on the same PostgreSQL; writes docs/bench/core.md.
+    BenchCore {
+        /// Chat's rate, msg/s over its 1,000 conversations.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Chat's sending time, in seconds.
+        #[arg(long, default_value_t = 60, value_parser = parse_secs)]
+        duration: u64,
+        /// pgbench's run time, in seconds.
+        #[arg(long, default_value_t = 20, value_parser = parse_secs)]
+        insert_duration: u64,
+        /// Rows per INSERT of the raw insert (one transaction each), at most 1000.
+        #[arg(long, default_value_t = 100)]
+        batch_rows: u32,
+        /// pgbench's connections.
+        #[arg(long, default_value_t = 4)]
+        insert_clients: u32,
+    },
 }
 
 /// Seconds, with an optional `s` suffix.
@@ -191,6 +214,22 @@ fn main() -> ExitCode {
                     from_reports,
                 };
                 bench_fanout::run(&root, &opts).await
+            }
+            Command::BenchCore {
+                rate,
+                duration,
+                insert_duration,
+                batch_rows,
+                insert_clients,
+            } => {
+                let opts = bench_core::Options {
+                    rate,
+                    duration: std::time::Duration::from_secs(duration),
+                    insert_duration: std::time::Duration::from_secs(insert_duration),
+                    batch_rows,
+                    insert_clients,
+                };
+                bench_core::run(&root, &opts).await
             }
         }
     });

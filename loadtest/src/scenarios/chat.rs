@@ -1,7 +1,9 @@
 //! `chat`: C two-party conversations (a visitor and its assigned agent, on different edges
 //! when there are several), messages at a total rate alternating between both sides;
 //! measures send→`accepted` and send→delivered (the other party's `msg`), and counts
-//! lost (accepted, never delivered to the other party), duplicated and reordered.
+//! lost (accepted, never delivered to the other party), duplicated and reordered; and,
+//! from the servers' `/metrics` read before sending and after the last deliveries, their
+//! stage latencies and CPU per persisted message ([`crate::stages`]).
 //!
 //! The parties survive their edges: closed with a reconnect code (a draining edge's 1012,
 //! 1001, 4008, …) or cut off, a party reconnects to the next edge, resumes its
@@ -104,6 +106,9 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     let send_secs = send_start.elapsed().as_secs_f64();
     settle(cfg.grace, || settled(&rec)).await;
     let stages_after = crate::stages::snapshot(&api, &common.target).await;
+    // Persisted in the window: every `accepted` follows its commit, and sends happen only
+    // inside the window.
+    let persisted = rec.total().count(stats::ACCEPTED);
     let memory = match stalled {
         Some((s, before)) => {
             let m = memory(&api, &common.target, before, s.len() as u64).await;
@@ -136,6 +141,11 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
     }
     report.extra.insert("agents".into(), outcome.agents as f64);
     report.stages = crate::stages::between(&stages_before, &stages_after);
+    report.cpu = crate::stages::cpu_per_message(&stages_before, &stages_after, persisted);
+    report
+        .extra
+        .insert("persisted_in_window".into(), persisted as f64);
+    report.stage_span = Some(crate::stages::span(&stages_before, &stages_after));
     if let Some(m) = memory {
         report.memory = Some(m);
         report.extra.insert("stalled".into(), cfg.stalled as f64);
@@ -149,6 +159,12 @@ pub async fn run_with(common: &Common, cfg: &ChatConfig, on_load: impl FnOnce())
         );
     }
     if let Some(n) = noisy {
+        if !report.cpu.is_empty() {
+            report.warnings.push(format!(
+                "server CPU per message includes the noisy tenant's work ({} messages accepted) but counts only this run's messages",
+                n.accepted
+            ));
+        }
         report.extra.insert("noisy_sent".into(), n.sent as f64);
         report
             .extra
