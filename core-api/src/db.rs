@@ -16,10 +16,17 @@ mod embedded {
 }
 
 /// A pool of connections as the application role.
+///
+/// Prepared statements run on generic plans (`plan_cache_mode = force_generic_plan`):
+/// planned once per connection instead of at every execution (re-planning the batch
+/// commit cost more than executing it), and, like every plan here, driven by the keys
+/// bound, not by what the statistics say of a tenant (`tests/history.rs` checks the
+/// hot-path statements' generic plans).
 pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
-    let pg: tokio_postgres::Config = database_url
+    let mut pg: tokio_postgres::Config = database_url
         .parse()
         .map_err(|e| Error::Internal(format!("DATABASE_URL is invalid: {e}")))?;
+    pg.options("-c plan_cache_mode=force_generic_plan");
     let manager = Manager::from_config(
         pg,
         NoTls,
