@@ -364,22 +364,22 @@ async fn commit_tenant(
     }
 
     // 3. Dedupe, allocate, insert, advance: one statement.
-    let keys = Keys::of(batch, &admitted);
+    let cols = Columns::of(batch, &admitted);
     let commit = tx.prepare_cached(COMMIT_SQL).await?;
     let rows = tx
         .query(
             &commit,
             &[
                 &tenant,
-                &keys.conv,
-                &keys.sender,
-                &keys.role,
-                &keys.name,
-                &keys.client,
-                &keys.kind,
-                &keys.body,
-                &keys.id,
-                &keys.reply,
+                &cols.conv,
+                &cols.sender,
+                &cols.role,
+                &cols.name,
+                &cols.client,
+                &cols.kind,
+                &cols.body,
+                &cols.id,
+                &cols.reply,
                 &crate::events::hook::MESSAGE_CREATED,
             ],
         )
@@ -437,7 +437,7 @@ async fn commit_tenant(
 }
 
 /// The column arrays of [`COMMIT_SQL`], one element per admitted send.
-struct Keys<'a> {
+struct Columns<'a> {
     conv: Vec<Uuid>,
     sender: Vec<Uuid>,
     role: Vec<&'static str>,
@@ -451,10 +451,10 @@ struct Keys<'a> {
     reply: Vec<bool>,
 }
 
-impl<'a> Keys<'a> {
+impl<'a> Columns<'a> {
     fn of(batch: &'a [NewMessage], admitted: &[usize]) -> Self {
         let n = admitted.len();
-        let mut k = Keys {
+        let mut k = Columns {
             conv: Vec::with_capacity(n),
             sender: Vec::with_capacity(n),
             role: Vec::with_capacity(n),

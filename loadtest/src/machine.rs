@@ -59,23 +59,54 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU time (user + system) this process has used, in seconds.
 pub fn own_cpu_seconds() -> Option<f64> {
-    cpu_seconds_of("/proc/self/stat")
+    ProcStat::parse(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|s| s.own_seconds())
 }
 
 /// CPU time (user + system) process `pid` has used, in seconds.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+    ProcStat::read(pid).map(|s| s.own_seconds())
 }
 
-fn cpu_seconds_of(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name may contain spaces: fields start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3, utime 14 and stime 15 (1-based) → indexes 11, 12.
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SEC)
+/// The parent and CPU fields of one `/proc/<pid>/stat` line, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// Of its children that exited and were waited for.
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+impl ProcStat {
+    pub fn parse(line: &str) -> Option<ProcStat> {
+        // The command name is in parentheses and may itself hold spaces and ')': the other
+        // fields start after the last ')'. There, field n of proc(5) is f[n - 3].
+        let f: Vec<&str> = line.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+        Some(ProcStat {
+            ppid: f.get(1)?.parse().ok()?,
+            utime: ticks(14)?,
+            stime: ticks(15)?,
+            cutime: ticks(16)?,
+            cstime: ticks(17)?,
+        })
+    }
+
+    /// `/proc/<pid>/stat`; `None` once the process is gone.
+    pub fn read(pid: u32) -> Option<ProcStat> {
+        ProcStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// Its own CPU (user + system), in seconds.
+    pub fn own_seconds(&self) -> f64 {
+        (self.utime + self.stime) as f64 / TICKS_PER_SEC
+    }
+
+    /// Its own CPU and that of its waited-for children, in seconds.
+    pub fn with_children_seconds(&self) -> f64 {
+        (self.utime + self.stime + self.cutime + self.cstime) as f64 / TICKS_PER_SEC
+    }
 }
 
 /// Measures this process's CPU use over an interval, as a fraction of one core.
@@ -103,7 +134,7 @@ impl CpuClock {
 }
 
 /// The machine's CPU time from `/proc/stat` (all cores): (busy, total) ticks.
-fn machine_ticks() -> Option<(u64, u64)> {
+pub fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -188,5 +219,27 @@ mod tests {
             .machine_busy()
             .is_some_and(|b| (0.0..=1.0).contains(&b)));
         assert!(clock.processes_cores().is_some_and(|c| c >= 0.0));
+    }
+
+    #[test]
+    fn parses_a_stat_line_with_an_awkward_name() {
+        // comm "(my proc) x" holds spaces and parentheses; utime 1234, stime 56, cutime 7,
+        // cstime 8 (fields 14–17).
+        let line = "4242 ((my proc) x) S 17 4242 4242 0 -1 4194560 500 0 0 0 1234 56 7 8 20 0 4 0 1000 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        let s = ProcStat::parse(line).unwrap();
+        assert_eq!(
+            s,
+            ProcStat {
+                ppid: 17,
+                utime: 1234,
+                stime: 56,
+                cutime: 7,
+                cstime: 8
+            }
+        );
+        assert!((s.own_seconds() - 12.9).abs() < 1e-9);
+        assert!((s.with_children_seconds() - 13.05).abs() < 1e-9);
+        assert_eq!(ProcStat::parse("4242 (cut"), None);
+        assert_eq!(ProcStat::parse("4242 (short) S 1 2 3"), None);
     }
 }

@@ -30,9 +30,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::bench::{self, Run};
-use crate::bench_fanout::machine_ticks;
 use crate::services::{self, run_child};
 use crate::{check_interrupted, rel, step};
+use loadtest::machine::{machine_ticks, ProcStat};
 
 /// The knobs of `cargo xtask bench-core`.
 #[derive(Debug, Clone)]
@@ -53,8 +53,6 @@ pub struct Options {
 const CONVERSATIONS: usize = 1000;
 /// How often the sampler reads `/proc`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
-/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on every Linux ABI).
-const TICKS_PER_SEC: f64 = 100.0;
 /// The scratch table (and its batch sequence) of the raw insert.
 const TABLE: &str = "bench_messages";
 
@@ -151,45 +149,9 @@ fn find_pgbench() -> Result<PathBuf> {
 
 // ---- CPU from /proc ---------------------------------------------------------------------------
 
-/// The CPU fields of one `/proc/<pid>/stat` line, in clock ticks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    ppid: i32,
-    utime: u64,
-    stime: u64,
-    /// Of its children that exited and were waited for.
-    cutime: u64,
-    cstime: u64,
-}
-
-impl Stat {
-    fn parse(line: &str) -> Option<Stat> {
-        // The command name is in parentheses and may itself hold spaces and ')': the other
-        // fields start after the last ')'. There, field n of proc(5) is f[n - 3].
-        let f: Vec<&str> = line.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
-        Some(Stat {
-            ppid: f.get(1)?.parse().ok()?,
-            utime: ticks(14)?,
-            stime: ticks(15)?,
-            cutime: ticks(16)?,
-            cstime: ticks(17)?,
-        })
-    }
-
-    fn read(pid: i32) -> Option<Stat> {
-        Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-    }
-
-    /// Its own CPU and that of its waited-for children, in seconds.
-    fn cpu_s(&self) -> f64 {
-        (self.utime + self.stime + self.cutime + self.cstime) as f64 / TICKS_PER_SEC
-    }
-}
-
 /// The children of `pid`: from `/proc/<pid>/task/<tid>/children` of each of its threads,
 /// else (a kernel without that file) from a scan of `/proc`.
-fn children(pid: i32) -> Vec<i32> {
+fn children(pid: u32) -> Vec<u32> {
     if Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists() {
         return std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
@@ -199,7 +161,7 @@ fn children(pid: i32) -> Vec<i32> {
             .flat_map(|text| {
                 text.split_whitespace()
                     .filter_map(|c| c.parse().ok())
-                    .collect::<Vec<i32>>()
+                    .collect::<Vec<u32>>()
             })
             .collect();
     }
@@ -207,8 +169,8 @@ fn children(pid: i32) -> Vec<i32> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&c| Stat::read(c).is_some_and(|s| s.ppid == pid))
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&c| ProcStat::read(c).is_some_and(|s| s.ppid == pid))
         .collect()
 }
 
@@ -216,7 +178,7 @@ fn children(pid: i32) -> Vec<i32> {
 #[derive(Debug, Clone)]
 struct Process {
     name: String,
-    pid: i32,
+    pid: u32,
     tree: bool,
 }
 
@@ -224,15 +186,15 @@ impl Process {
     /// Its cumulative CPU seconds now; `None` once it is gone.
     fn cpu_s(&self) -> Option<f64> {
         if !self.tree {
-            return Stat::read(self.pid).map(|s| s.cpu_s());
+            return ProcStat::read(self.pid).map(|s| s.with_children_seconds());
         }
         // Children first: one that exits meanwhile is then in the postmaster's cutime.
         let kids: f64 = children(self.pid)
             .into_iter()
-            .filter_map(Stat::read)
-            .map(|s| s.cpu_s())
+            .filter_map(ProcStat::read)
+            .map(|s| s.with_children_seconds())
             .sum();
-        Some(Stat::read(self.pid)?.cpu_s() + kids)
+        Some(ProcStat::read(self.pid)?.with_children_seconds() + kids)
     }
 }
 
@@ -255,13 +217,14 @@ impl Processes {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        let pid = |k: &str| -> Result<i32> {
+        let pid = |k: &str| -> Result<u32> {
             get(k)
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("no {k} pid in .relaydesk/dev/pids"))
         };
         let pg_data = get("pg_data").context("no pg_data in .relaydesk/dev/pids")?;
         let postmaster = services::running_postmaster(Path::new(pg_data))
+            .and_then(|p| u32::try_from(p).ok())
             .with_context(|| format!("no PostgreSQL running on {pg_data}"))?;
         let pg_port = get("pg_port")
             .and_then(|p| p.parse().ok())
@@ -859,39 +822,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_stat_line_with_an_awkward_name() {
-        // comm "(my proc) x" holds spaces and parentheses; utime 1234, stime 56, cutime 7,
-        // cstime 8 (fields 14–17).
-        let line = "4242 ((my proc) x) S 17 4242 4242 0 -1 4194560 500 0 0 0 1234 56 7 8 20 0 4 0 1000 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
-        let s = Stat::parse(line).unwrap();
-        assert_eq!(
-            s,
-            Stat {
-                ppid: 17,
-                utime: 1234,
-                stime: 56,
-                cutime: 7,
-                cstime: 8
-            }
-        );
-        assert!((s.cpu_s() - 13.05).abs() < 1e-9);
-        assert_eq!(Stat::parse("4242 (cut"), None);
-        assert_eq!(Stat::parse("4242 (short) S 1 2 3"), None);
-    }
-
-    #[test]
     fn finds_children_of_any_thread() {
-        let me = i32::try_from(std::process::id()).unwrap();
+        let me = std::process::id();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
+        let pid = child.id();
         let found = children(me).contains(&pid);
         let _ = child.kill();
         let _ = child.wait();
         assert!(found);
-        assert_eq!(Stat::read(pid), None);
+        assert_eq!(ProcStat::read(pid), None);
         assert!(Process {
             name: "me".into(),
             pid: me,

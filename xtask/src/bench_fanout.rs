@@ -21,6 +21,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use loadtest::machine::machine_ticks;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -219,22 +220,6 @@ async fn rewrite(root: &Path, opts: &Options) -> Result<u8> {
 const QUIET_WAIT: Duration = Duration::from_secs(120);
 /// Busy below this share of all cores counts as quiet (the idle stack and Bun included).
 const QUIET_BUSY: f64 = 0.25;
-
-/// The machine's (busy, total) CPU ticks from `/proc/stat`.
-pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
-}
 
 /// Waits (up to [`QUIET_WAIT`]) until the machine is quiet over two seconds: the previous
 /// point's backlog and connections are gone, and no other load competes for the cores.
