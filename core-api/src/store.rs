@@ -214,10 +214,14 @@ fn refused(e: Error) -> Outcome {
     }
 }
 
-/// Locks a tenant's conversations of a batch, in id order (statement 1 of a batch).
+/// Locks a tenant's conversations of a batch (statement 1 of a batch). `$2` arrives
+/// sorted and deduplicated; each id is one primary-key probe (`LATERAL`), taken in the
+/// array's order, so concurrent batches lock in id order and never deadlock, and no plan
+/// can trade the probes for a scan of the tenant's conversations.
 pub const LOCK_SQL: &str = concat!(
+    "SELECT l.* FROM unnest($2::uuid[]) AS k(id) CROSS JOIN LATERAL (",
     conv_select!(),
-    " WHERE c.tenant_id = $1 AND c.id = ANY($2::uuid[]) ORDER BY c.id FOR UPDATE OF c"
+    " WHERE c.tenant_id = $1 AND c.id = k.id FOR UPDATE OF c) l"
 );
 
 /// Dedupes, allocates seqs, inserts, advances `last_seq`, stops first-response clocks
