@@ -3,8 +3,8 @@
 //!
 //! [`commit`] is where a message becomes durable. Per batch, one transaction, and per
 //! tenant in it two statements, each prepared once per connection: [`LOCK_SQL`] locks
-//! the batch's conversations (`FOR UPDATE`, in (tenant, id) order so concurrent batches
-//! of several core-api processes never deadlock); [`COMMIT_SQL`] then looks up which
+//! the batch's conversations (`FOR NO KEY UPDATE`, in (tenant, id) order so concurrent
+//! batches of several core-api processes never deadlock); [`COMMIT_SQL`] then looks up which
 //! (conversation, sender, client id) keys already exist, allocates `last_seq + 1, + 2,
 //! …` to the new ones, inserts them, advances `last_seq` and writes webhook events;
 //! receipts ([`RECEIPTS_SQL`]) ride in the same transaction; commit. The row lock
@@ -221,7 +221,7 @@ fn refused(e: Error) -> Outcome {
 pub const LOCK_SQL: &str = concat!(
     "SELECT l.* FROM unnest($2::uuid[]) AS k(id) CROSS JOIN LATERAL (",
     conv_select!(),
-    " WHERE c.tenant_id = $1 AND c.id = k.id FOR UPDATE OF c) l"
+    " WHERE c.tenant_id = $1 AND c.id = k.id FOR NO KEY UPDATE OF c) l"
 );
 
 /// Dedupes, allocates seqs, inserts, advances `last_seq`, stops first-response clocks
@@ -234,7 +234,10 @@ pub const LOCK_SQL: &str = concat!(
 /// are `LATERAL` lookups on a unique index with every column bound, and the update
 /// finds its rows by primary key, so a batch costs the same whatever the tenant's
 /// history or the statistics say (`tests/history.rs` checks the plans on a tenant with
-/// a million unanalyzed messages). The keys arrive deduplicated (one per (conversation,
+/// a million unanalyzed messages). The update changes no indexed column (`updated_at`,
+/// which orders the conversation list, follows messages at a 10 s resolution), so with
+/// the room `conversations`' fill factor leaves on each page it is a HOT update: one
+/// heap tuple, no index entries. The keys arrive deduplicated (one per (conversation,
 /// sender, client id)). Rows out: one per input (`ord`, 1-based: stored columns when it
 /// existed, `new` when inserted now), then one per conversation whose first staff reply
 /// this was (`ord` null: support type, seconds since creation).
@@ -274,7 +277,9 @@ heads AS (
 ),
 advanced AS (
     UPDATE conversations c
-       SET last_seq = h.last_seq, updated_at = now(),
+       SET last_seq = h.last_seq,
+           updated_at = CASE WHEN c.updated_at < now() - interval '10 seconds' THEN now()
+                             ELSE c.updated_at END,
            first_response_at = CASE WHEN h.first_reply THEN now() ELSE c.first_response_at END
       FROM heads h
      WHERE c.tenant_id = $1 AND c.id = ANY(ARRAY(SELECT conv FROM heads)) AND c.id = h.conv
