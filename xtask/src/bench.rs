@@ -25,9 +25,9 @@ pub(crate) struct Run {
     pub(crate) args: Vec<String>,
 }
 
-pub async fn run(root: &Path) -> Result<u8> {
+pub async fn run(root: &Path, long: bool) -> Result<u8> {
     let stack = Stack::use_or_start(root, 2).await?;
-    let result = suite(root, &stack.env_file).await;
+    let result = suite(root, &stack.env_file, long).await;
     stack.stop_if_started(root);
     result
 }
@@ -148,7 +148,7 @@ pub(crate) fn args(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
-async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
+async fn suite(root: &Path, env_file: &Path, long: bool) -> Result<u8> {
     let bin = build_loadtest(root).await?;
     let out = root.join("docs").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -176,7 +176,7 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
     done.push(one(root, &bin, &out, "connect-19000", connect).await?);
 
     // chat at increasing rates until saturation.
-    for rate in [1000, 2000, 5000, 10000] {
+    for rate in [1000, 2000, 4000, 8000, 10000] {
         check_interrupted()?;
         let (run, report) = one(
             root,
@@ -184,7 +184,7 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
             &out,
             &format!("chat-{rate}"),
             args(&format!(
-                "chat {env_arg}{all_pids} --conversations 1000 --rate {rate} --duration 10s --slo p99<100ms,loss=0"
+                "chat {env_arg}{all_pids} --conversations 1000 --rate {rate} --duration 10s --slo p99<100ms,loss=0,dup=0,reorder=0"
             )),
         )
         .await?;
@@ -197,6 +197,25 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
         if saturated {
             step(format!("chat saturated at {rate} msgs/s; not going higher"));
             break;
+        }
+    }
+    if long {
+        // Sustained: five minutes at 8,000 msg/s, and ten at 2,000 (its worst second
+        // against its median second).
+        for (rate, secs) in [(8000, 300), (2000, 600)] {
+            check_interrupted()?;
+            done.push(
+                one(
+                    root,
+                    &bin,
+                    &out,
+                    &format!("chat-{rate}-{secs}s"),
+                    args(&format!(
+                        "chat {env_arg}{all_pids} --conversations 1000 --rate {rate} --duration {secs}s --slo p99<100ms,loss=0,dup=0,reorder=0"
+                    )),
+                )
+                .await?,
+            );
         }
     }
     check_interrupted()?;
@@ -212,14 +231,32 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
         )
         .await?,
     );
+    for n in [2000, 19000] {
+        check_interrupted()?;
+        let slo = if n <= 2000 { "p99<1s" } else { "p99<5s" };
+        done.push(
+            one(
+                root,
+                &bin,
+                &out,
+                &format!("storm-{n}"),
+                args(&format!(
+                    "storm {env_arg} --connections {n} --slo {slo},loss=0"
+                )),
+            )
+            .await?,
+        );
+    }
     check_interrupted()?;
     done.push(
         one(
             root,
             &bin,
             &out,
-            "storm-2000",
-            args(&format!("storm {env_arg} --connections 2000")),
+            "route-200",
+            args(&format!(
+                "route {env_arg} --agents 50 --capacity 4 --rate 200 --duration 30s --hold 2s"
+            )),
         )
         .await?,
     );
@@ -237,7 +274,16 @@ async fn suite(root: &Path, env_file: &Path) -> Result<u8> {
         )
         .await?,
     );
-    write_markdown(root, &done)?;
+    check_interrupted()?;
+    // Last, as it adds a scratch table to PostgreSQL: CPU per message, process by process.
+    let core = match crate::bench_core::measure(root, env_file, &Default::default()).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("xtask: bench-core: {e:#}");
+            None
+        }
+    };
+    write_markdown(root, &done, core.as_ref(), long)?;
     step(format!(
         "wrote {} and {}",
         rel(root, &root.join("docs").join("benchmarks.md")),
@@ -304,24 +350,76 @@ pub(crate) fn machine(report: &Value) -> String {
     )
 }
 
-fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
+/// Per-process CPU per message of a chat-like report: "edges a + b, core c".
+fn cpu_cell(r: &Value) -> String {
+    let Some(cpu) = r["cpu"].as_array().filter(|c| !c.is_empty()) else {
+        return String::new();
+    };
+    let of = |kind: &str| -> Vec<String> {
+        cpu.iter()
+            .filter(|c| c["process"].as_str() == Some(kind))
+            .filter_map(|c| c["us_per_message"].as_f64())
+            .map(|v| format!("{v:.0}"))
+            .collect()
+    };
+    format!(
+        "edges {}; core {}",
+        of("edge").join(" + "),
+        of("core").join(" + ")
+    )
+}
+
+/// Worst second's deliver p99 ÷ the median second's, over the seconds that carried at
+/// least half the target rate (a run's first and last seconds ramp).
+fn worst_second_cell(r: &Value) -> String {
+    let target = r["rate_target"].as_f64().unwrap_or(0.0);
+    let mut p99s: Vec<f64> = r["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["delivered"].as_f64().unwrap_or(0.0) >= 0.5 * target && target > 0.0)
+        .filter_map(|s| s["p99"].as_f64())
+        .collect();
+    if p99s.len() < 3 {
+        return String::new();
+    }
+    p99s.sort_by(f64::total_cmp);
+    let median = p99s[p99s.len() / 2];
+    let worst = p99s[p99s.len() - 1];
+    if median <= 0.0 {
+        return String::new();
+    }
+    format!("{worst:.1} / {median:.1} = {:.1}×", worst / median)
+}
+
+fn write_markdown(
+    root: &Path,
+    runs: &[(Run, Option<Value>)],
+    core: Option<&crate::bench_core::Summary>,
+    long: bool,
+) -> Result<()> {
     let mut md = String::new();
-    md.push_str("# Benchmarks\n\nWritten by `cargo xtask bench` (the `loadtest` crate against a local `cargo xtask up` stack: one core-api, two edges, PostgreSQL and Redis, all on the same machine as the harness). Rerun it to refresh this page.\n\n");
+    let _ = writeln!(
+        md,
+        "# Benchmarks\n\nWritten by `cargo xtask bench{}` (the `loadtest` crate against a local `cargo xtask up` stack: one core-api, two edges, PostgreSQL with `synchronous_commit` and `fsync` on, and Redis, all on the same machine as the harness). Every figure on this page comes from that one run; rerun the command to refresh it. Analyses recorded by hand, each with its date, are in [bench/notes.md](bench/notes.md).\n",
+        if long { " --long" } else { "" }
+    );
     if let Some(r) = runs.iter().find_map(|(_, r)| r.as_ref()) {
         let _ = writeln!(
             md,
-            "## Machine\n\n- {}\n- loadtest {}\n",
+            "## Machine\n\n- {}\n- loadtest {}; run started {}\n",
             machine(r),
-            r["version"].as_str().unwrap_or("?")
+            r["version"].as_str().unwrap_or("?"),
+            r["started_at"].as_str().unwrap_or("?")
         );
     }
-    md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat, fanout and soak: send → delivered to the other party; storm: drop → resumed and caught up). Under the soak (idle connections, chat, periodic resumes), each process's resident memory drift: its growth from the first sample after the warm-up to the last.\n\n");
-    md.push_str("| run | interval | p50 | p90 | p99 | p99.9 | max | rate target | rate achieved | deliveries/s | lost | dup | reordered | trustworthy | verdict | report |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Results\n\nLatencies in ms of each scenario's main interval (connect: TCP + upgrade + hello→welcome; chat, fanout and soak: send → delivered to the other party; storm: drop → resumed and caught up; route: the create request). *CPU µs/msg*: each edge's and core-api's CPU per persisted message over the run, from their `process_cpu_seconds_total`. *Worst second*: the highest per-second deliver p99 against the median second's. Under the soak, each process's resident memory drift from the first sample after the warm-up to the last. Each run's command is under [Commands](#commands), by its name.\n\n");
+    md.push_str("| run | interval | p50 | p99 | max | rate target | rate achieved | lost | dup | reordered | CPU µs/msg | worst second p99 (ms) | trustworthy | verdict | report |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (run, r) in runs {
         let Some(r) = r else {
             let _ = writeln!(
                 md,
-                "| {} | did not run | | | | | | | | | | | | | | |",
+                "| {} | did not run | | | | | | | | | | | | | |",
                 run.name
             );
             continue;
@@ -330,19 +428,18 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
         let s = &r[main];
         let _ = writeln!(
             md,
-            "| {} | {main} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [html](bench/{}.html) · [json](bench/{}.json) |",
+            "| {} | {main} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [html](bench/{}.html) · [json](bench/{}.json) |",
             run.name,
             f(&s["p50"]),
-            f(&s["p90"]),
             f(&s["p99"]),
-            f(&s["p999"]),
             f(&s["max"]),
             f(&r["rate_target"]),
             f(&r["rate_achieved"]),
-            f(&r["deliveries_per_s"]),
             r["lost"],
             r["duplicated"],
             r["reordered"],
+            cpu_cell(r),
+            worst_second_cell(r),
             r["trustworthy"],
             if r["passed"].as_bool() == Some(true) { "pass" } else { "FAIL" },
             run.name,
@@ -351,9 +448,8 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
         if let Some(mem) = r["memory"]["bytes_per_connection"].as_f64() {
             let _ = writeln!(
                 md,
-                "| ↳ {} edge memory | {:.1} KiB per connection | | | | | | | | | | | | | | |",
-                run.name,
-                mem / 1024.0
+                "| ↳ {} edge memory | {:.0} bytes per connection | | | | | | | | | | | | | |",
+                run.name, mem
             );
         }
         for m in r["memory_over_time"].as_array().into_iter().flatten() {
@@ -370,7 +466,7 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
             };
             let _ = writeln!(
                 md,
-                "| ↳ {} {} {} memory | {drift} | | | | | | | | | | | | | | |",
+                "| ↳ {} {} {} memory | {drift} | | | | | | | | | | | | | |",
                 run.name,
                 m["process"].as_str().unwrap_or("?"),
                 m["url"].as_str().unwrap_or("?"),
@@ -385,6 +481,34 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
             }
         }
     }
+    if let Some(c) = core {
+        let d = &c.report["deliver"];
+        let _ = writeln!(
+            md,
+            "\n## The persisted path: CPU per message\n\n`{}` (page: [bench/core.md](bench/core.md)): `loadtest chat` with 1,000 conversations while every process's CPU is read from `/proc` (PostgreSQL: the postmaster and all its children), then pgbench's raw batched insert of message-shaped rows on the same PostgreSQL. {} messages persisted; deliver p50 {} ms, p99 {} ms, worst second {}; {} lost, {} duplicated, {} reordered.\n\n| process | µs CPU per persisted message |\n|---|---|",
+            c.command,
+            c.messages,
+            f(&d["p50"]),
+            f(&d["p99"]),
+            worst_second_cell(&c.report),
+            c.report["lost"],
+            c.report["duplicated"],
+            c.report["reordered"],
+        );
+        for (name, us) in &c.per_message {
+            let _ = writeln!(
+                md,
+                "| {name} | {} |",
+                us.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"))
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| raw insert: PostgreSQL per row | {} |",
+            c.raw_us
+                .map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"))
+        );
+    }
     if crate::bench_fanout::page(root).is_file() {
         md.push_str("\n## Fan-out against Bun\n\nOne edge's fan-out side by side with Bun's built-in WebSocket pub/sub, same client, same run (`cargo xtask bench-fanout`, which this suite does not rerun): [bench/fanout-vs-bun.md](bench/fanout-vs-bun.md).\n");
     }
@@ -395,9 +519,13 @@ fn write_markdown(root: &Path, runs: &[(Run, Option<Value>)]) -> Result<()> {
     for (run, _) in runs {
         let _ = writeln!(
             md,
-            "cargo run --release -p loadtest -- {}",
+            "# {}\ncargo run --release -p loadtest -- {}",
+            run.name,
             run.args.join(" ")
         );
+    }
+    if let Some(c) = core {
+        let _ = writeln!(md, "# the persisted path\n{}", c.command);
     }
     md.push_str("```\n");
     let path = root.join("docs").join("benchmarks.md");

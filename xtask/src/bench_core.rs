@@ -66,10 +66,36 @@ pub async fn run(root: &Path, opts: &Options) -> Result<u8> {
     let stack = bench::Stack::use_or_start(root, 2).await?;
     let result = measure(root, &stack.env_file, opts).await;
     stack.stop_if_started(root);
-    result
+    result.map(|_| 0)
 }
 
-async fn measure(root: &Path, env_file: &Path, opts: &Options) -> Result<u8> {
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rate: 2000.0,
+            duration: Duration::from_secs(60),
+            insert_duration: Duration::from_secs(20),
+            batch_rows: 100,
+            insert_clients: 4,
+        }
+    }
+}
+
+/// What `cargo xtask bench` shows of a bench-core run.
+pub(crate) struct Summary {
+    /// The command that reproduces the run.
+    pub(crate) command: String,
+    pub(crate) messages: u64,
+    /// (process, µs of CPU per persisted message over chat's window).
+    pub(crate) per_message: Vec<(String, Option<f64>)>,
+    /// PostgreSQL's µs of CPU per row of the raw insert.
+    pub(crate) raw_us: Option<f64>,
+    /// Chat's report (latency, loss, timeline).
+    pub(crate) report: Value,
+}
+
+/// Measures against the stack of `env_file` and writes `docs/bench/core.md`.
+pub(crate) async fn measure(root: &Path, env_file: &Path, opts: &Options) -> Result<Summary> {
     let bin = bench::build_loadtest(root).await?;
     let pgbench = find_pgbench()?;
     let out = root.join("docs").join("bench").join("core");
@@ -129,7 +155,24 @@ async fn measure(root: &Path, env_file: &Path, opts: &Options) -> Result<u8> {
     std::fs::write(&md, page.markdown()).with_context(|| format!("writing {}", md.display()))?;
     print!("{}", page.summary());
     step(format!("wrote {}", rel(root, &md)));
-    Ok(0)
+    let n = page.path.messages;
+    let mut per_message: Vec<(String, Option<f64>)> = page
+        .processes
+        .iter()
+        .zip(&page.path.cpu)
+        .map(|(name, c)| (name.clone(), c.window_s.and_then(|s| per(s, n))))
+        .collect();
+    per_message.push((
+        "whole path".to_owned(),
+        page.path.total_window_s().and_then(|s| per(s, n)),
+    ));
+    Ok(Summary {
+        command: page.bench_command(),
+        messages: n,
+        per_message,
+        raw_us: page.raw.us_per_row(),
+        report: page.report,
+    })
 }
 
 /// pgbench, next to the server binaries (Debian: postgresql-client), else on PATH.

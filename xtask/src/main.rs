@@ -75,8 +75,14 @@ enum Command {
         #[arg(long, default_value_t = 2, value_parser = parse_secs)]
         pause: u64,
     },
-    /// Run the standard load suite; reports go to docs/bench/ and docs/benchmarks.md.
-    Bench,
+    /// Run the standard load suite (about 12 minutes); reports go to docs/bench/ and
+    /// docs/benchmarks.md.
+    Bench {
+        /// Also sustain chat for 5 minutes at 8,000 msg/s and 10 minutes at 2,000 msg/s
+        /// (15 minutes more).
+        #[arg(long)]
+        long: bool,
+    },
     /// Hold the most concurrent sockets the machine allows, over as many edge and
     /// loadtest processes as needed; writes docs/bench/scale.md.
     BenchScale {
@@ -178,7 +184,7 @@ fn main() -> ExitCode {
             Command::RestartEdges { pause } => {
                 up::restart_edges(&root, std::time::Duration::from_secs(pause)).await
             }
-            Command::Bench => bench::run(&root).await,
+            Command::Bench { long } => bench::run(&root, long).await,
             Command::BenchScale {
                 connections,
                 rate,

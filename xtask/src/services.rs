@@ -534,9 +534,14 @@ impl Postgres {
              port = {}\n\
              unix_socket_directories = '{socket_dir}'\n\
              max_connections = 300\n\
-             shared_buffers = 128MB\n",
+             shared_buffers = 128MB\n\
+             autovacuum_naptime = 10s\n",
             self.port
         );
+        // autovacuum_naptime: the pool's prepared statements keep the plans made at their
+        // first execution until an ANALYZE of their tables invalidates them; on a fresh
+        // database those first plans are made on empty tables, so let autoanalyze notice
+        // growing tables within seconds rather than a minute.
         if mode == PgMode::Ephemeral {
             conf.push_str("synchronous_commit = off\n");
         }
