@@ -143,7 +143,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// bad_request, unauthorized, forbidden, not_found, conflict, rate_limited, too_large,
-    /// unavailable or internal.
+    /// unavailable, internal, or (HTTP only) method_not_allowed or timeout.
     #[schema(value_type = String, example = "not_found")]
     pub code: relaydesk_shared::ErrorCode,
     pub message: String,
