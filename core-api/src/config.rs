@@ -48,6 +48,9 @@ pub struct Config {
     /// An online agent whose every console connection has been gone this long becomes
     /// `away` (`AGENT_AWAY_GRACE_MS`, default 60000).
     pub away_grace: Duration,
+    /// Longest an HTTP request body may take to arrive once its handler reads it; past
+    /// it the request is answered 408 (`BODY_TIMEOUT_MS`, default 10000).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,7 @@ impl Config {
             webhook_retry_base: Duration::from_secs(5),
             webhook_max_attempts: 12,
             away_grace: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
         }
     }
 
@@ -172,6 +176,14 @@ impl Config {
             "AGENT_AWAY_GRACE_MS",
             c.away_grace.as_millis() as u64,
         )?);
+        c.body_timeout =
+            Duration::from_millis(parse("BODY_TIMEOUT_MS", c.body_timeout.as_millis() as u64)?);
+        if c.body_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "BODY_TIMEOUT_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(c)
     }
 }

@@ -522,7 +522,7 @@ fn message_from_row(conv: Uuid, r: &tokio_postgres::Row) -> Message {
 }
 
 /// Messages of a conversation with `seq > after`, in order, at most `limit`; notes and
-/// suggestions only for staff.
+/// suggestions only for staff; oversize bodies bounded (`relaydesk_shared::input`).
 pub async fn history(
     tx: &Transaction<'_>,
     tenant: Uuid,
@@ -544,7 +544,16 @@ pub async fn history(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| message_from_row(conv, r)).collect())
+    // A body stored before the size limit held on every ingress is read in its bounded
+    // form, so no replay frame exceeds what a reader takes.
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut m = message_from_row(conv, r);
+            m.body = relaydesk_shared::input::bounded_body(std::mem::take(&mut m.body));
+            m
+        })
+        .collect())
 }
 
 /// A `hello`'s open conversations of staff: those assigned to them (partial index on

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Default inbound message limit (bytes, whole message).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default inbound message limit (bytes, whole message): the message size limit of every
+/// ingress (`relaydesk_shared::input`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = relaydesk_shared::input::MAX_MESSAGE_BYTES;
 
 /// Everything an edge needs to run.
 #[derive(Debug, Clone)]

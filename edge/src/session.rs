@@ -315,7 +315,7 @@ impl Session {
             Ok(r) => r?,
         };
         metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
-        let Ok(ClientFrame::Hello { token }) = serde_json::from_slice::<ClientFrame>(&bytes) else {
+        let Ok(ClientFrame::Hello { token }) = ClientFrame::decode(&bytes) else {
             return Err(End::Close(CloseCode::Unauthorized.code()));
         };
         let claims = match self.ctx.verifier.verify(&token) {
@@ -406,7 +406,7 @@ impl Session {
     /// the wait of a `sub`.
     fn handle(&mut self, bytes: &[u8]) -> Option<Step> {
         let src = self.src.as_ref()?;
-        let frame = match serde_json::from_slice::<ClientFrame>(bytes) {
+        let frame = match ClientFrame::decode(bytes) {
             Ok(f) => {
                 self.bad = 0;
                 f
@@ -417,12 +417,7 @@ impl Session {
                 if self.bad >= MAX_BAD_FRAMES {
                     return Some(Step::End(End::Close(CloseCode::ProtocolViolation.code())));
                 }
-                self.error(
-                    client_id_of(bytes),
-                    None,
-                    ErrorCode::BadRequest,
-                    &e.to_string(),
-                );
+                self.error(client_id_of(bytes), None, e.code(), &e.to_string());
                 return None;
             }
         };
@@ -648,11 +643,16 @@ fn typing(ctx: &Arc<Ctx>, src: &Source, conv: Uuid, on: bool) {
     });
 }
 
-/// The `id` of an unparseable frame, when it has a valid one, for the `error` answer.
+/// The `id` of a refused frame, when it has a valid one, for the `error` answer. Only
+/// `id` is decoded (the rest is skipped unchecked), so a frame refused for what another
+/// field holds still names the send it refuses.
 fn client_id_of(bytes: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let id = v.get("id")?.as_str()?;
-    wire::valid_client_id(id).then(|| id.to_owned())
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let Id { id } = serde_json::from_slice(bytes).ok()?;
+    wire::valid_client_id(&id).then_some(id)
 }
 
 fn unix_micros() -> u64 {
@@ -690,5 +690,9 @@ mod tests {
         );
         assert_eq!(client_id_of(br#"{"t":"send","id":"a b"}"#), None);
         assert_eq!(client_id_of(b"nope"), None);
+        assert_eq!(
+            client_id_of(br#"{"t":"send","id":"a2","body":{"text":"\ud800"}}"#),
+            Some("a2".to_owned())
+        );
     }
 }

@@ -18,6 +18,10 @@ pub enum ErrorCode {
     TooLarge,
     Unavailable,
     Internal,
+    /// HTTP only: the path exists, the method does not.
+    MethodNotAllowed,
+    /// HTTP only: the request body did not arrive in time.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -33,6 +37,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Timeout => 408,
         }
     }
 
@@ -40,7 +46,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+            ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::Timeout
         )
     }
 
@@ -55,6 +64,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }

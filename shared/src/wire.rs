@@ -47,6 +47,44 @@ fn default_kind() -> String {
     "text".to_owned()
 }
 
+/// Why a client frame was refused; answered with an `error` frame of [`Self::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Strings(#[from] crate::input::StringError),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("message body over {max} bytes", max = crate::input::MAX_MESSAGE_BYTES)]
+    TooLarge,
+}
+
+impl FrameError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge => ErrorCode::TooLarge,
+            FrameError::Strings(_) | FrameError::Json(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+impl ClientFrame {
+    /// The one decoder of client frames: the string rule of [`crate::input`], then the
+    /// JSON, then the message size limit of a `send` (whose body is measured only when
+    /// the frame itself is over the limit, as a smaller frame cannot hold a larger body).
+    pub fn decode(bytes: &[u8]) -> Result<ClientFrame, FrameError> {
+        crate::input::check_json_strings(bytes)?;
+        let frame: ClientFrame = serde_json::from_slice(bytes)?;
+        if let ClientFrame::Send { body, .. } = &frame {
+            if bytes.len() > crate::input::MAX_MESSAGE_BYTES
+                && !crate::input::body_within_limit(body)
+            {
+                return Err(FrameError::TooLarge);
+            }
+        }
+        Ok(frame)
+    }
+}
+
 /// Who did something, as shown to other participants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -237,6 +275,28 @@ mod tests {
                 body: serde_json::json!({"text":"hi"})
             }
         );
+    }
+
+    #[test]
+    fn decode_refuses_nul_surrogates_and_oversize_bodies() {
+        let conv = Uuid::nil();
+        let send = |text: &str| {
+            format!(r#"{{"t":"send","id":"a","conv":"{conv}","body":{{"text":"{text}"}}}}"#)
+        };
+        assert!(ClientFrame::decode(send(r"ok \\u0000").as_bytes()).is_ok());
+        for bad in [
+            send(r"\u0000"),
+            send(r"\ud800"),
+            r#"{"t":"hello","token":"\u0000"}"#.into(),
+        ] {
+            let e = ClientFrame::decode(bad.as_bytes()).err();
+            assert_eq!(e.map(|e| e.code()), Some(ErrorCode::BadRequest), "{bad}");
+        }
+        let big = send(&"x".repeat(crate::input::MAX_MESSAGE_BYTES));
+        let e = ClientFrame::decode(big.as_bytes()).err();
+        assert_eq!(e.map(|e| e.code()), Some(ErrorCode::TooLarge));
+        let fits = send(&"x".repeat(crate::input::MAX_MESSAGE_BYTES - 11));
+        assert!(ClientFrame::decode(fits.as_bytes()).is_ok());
     }
 
     #[test]

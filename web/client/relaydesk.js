@@ -97,7 +97,7 @@
  * @property {number} ts
  */
 /**
- * @typedef {'bad_request'|'unauthorized'|'forbidden'|'not_found'|'conflict'|'rate_limited'|'too_large'|'unavailable'|'internal'} ErrorCode
+ * @typedef {'bad_request'|'unauthorized'|'forbidden'|'not_found'|'conflict'|'rate_limited'|'too_large'|'unavailable'|'internal'|'method_not_allowed'|'timeout'} ErrorCode
  */
 /**
  * @typedef {object} ErrorFrame
@@ -232,12 +232,12 @@
 // ---------------------------------------------------------------------------------------
 
 /** Error codes whose request may succeed later (`shared/src/error.rs`). */
-const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal']);
+const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal', 'timeout']);
 
 /** The error code of an HTTP status, for answers without an error body. @type {Record<number, string>} */
 const STATUS_CODES = {
-  400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 409: 'conflict',
-  413: 'too_large', 429: 'rate_limited', 500: 'internal', 502: 'unavailable', 503: 'unavailable', 504: 'unavailable',
+  400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed',
+  408: 'timeout', 409: 'conflict', 413: 'too_large', 429: 'rate_limited', 500: 'internal', 502: 'unavailable', 503: 'unavailable', 504: 'unavailable',
 };
 
 /** Close codes after which the client does not reconnect. */

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use rand::seq::SliceRandom;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::openapi::{
     AgentBody, AgentList, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody,
 };
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::{self, Caller};
 use crate::db;
 use crate::error::{Error, Result};
@@ -248,7 +248,7 @@ pub struct Status {
 pub async fn set_status(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<Status>,
 ) -> Result<Json<Value>> {
     let tenant = match caller {
@@ -298,7 +298,7 @@ pub struct AgentPage {
 pub async fn list_agents(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Query(page): Query<AgentPage>,
+    ApiQuery(page): ApiQuery<AgentPage>,
 ) -> Result<Json<Value>> {
     let tenant = match caller {
         Caller::Agent { tenant, role, .. } if role.is_supervisor() => tenant,
@@ -357,7 +357,7 @@ pub struct AgentUpdate {
 pub async fn update_agent(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<AgentUpdate>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
@@ -414,14 +414,8 @@ pub struct ConnectTokenRequest {
 pub async fn connect_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: axum::body::Bytes,
+    OptionalJson(req): OptionalJson<ConnectTokenRequest>,
 ) -> Result<Json<Value>> {
-    let req: ConnectTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ConnectTokenRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?
-    };
     let tenant = caller.tenant()?;
     let (principal, agent) = match (caller, req.agent_id) {
         (Caller::Agent { id, .. }, None) => (id, true),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use super::conversations::{conversation_from_row, CONVERSATION_COLUMNS};
 use super::openapi::{
     AcceptedBody, Assignments, ConversationBody, ConversationList, ErrorBody, QueueBody, TagsBody,
 };
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
@@ -66,7 +66,7 @@ pub struct AssignRequest {
 pub async fn assign(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<AssignRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -88,7 +88,7 @@ pub struct TransferRequest {
 pub async fn transfer(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<TransferRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -112,7 +112,7 @@ pub struct EscalateRequest {
 pub async fn escalate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<EscalateRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -137,10 +137,9 @@ pub struct HandoffRequest {
 pub async fn handoff(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(req): OptionalJson<HandoffRequest>,
 ) -> Result<Json<Value>> {
-    let req: HandoffRequest = optional_json(&body)?;
     let (tenant, by) = staff(caller)?;
     let reason = bounded(req.reason.as_deref(), "reason", 500)?;
     lifecycle::handoff(&state, tenant, id, reason, by).await?;
@@ -160,7 +159,7 @@ pub struct ResolveRequest {
 pub async fn resolve(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -175,7 +174,7 @@ pub async fn resolve(
 pub async fn reopen(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = by(caller)?;
     lifecycle::reopen(&state, tenant, id, by).await?;
@@ -196,10 +195,14 @@ pub struct SnoozeRequest {
 pub async fn snooze(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(req): OptionalJson<SnoozeRequest>,
 ) -> Result<Json<Value>> {
-    let req: SnoozeRequest = optional_json(&body)?;
+    if req.until.is_some_and(|u| u > super::MAX_UNIX_MS) {
+        return Err(Error::bad_request(
+            "until must be a Unix ms time no later than 9999-12-31",
+        ));
+    }
     let (tenant, by) = staff(caller)?;
     lifecycle::snooze(&state, tenant, id, req.until, by).await?;
     answer(&state, tenant, id, by).await
@@ -219,7 +222,7 @@ pub struct JoinRequest {
 pub async fn join(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -244,7 +247,7 @@ pub struct NoteRequest {
 pub async fn note(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<NoteRequest>,
 ) -> Result<(StatusCode, Json<Value>)> {
@@ -298,7 +301,7 @@ pub struct TagsRequest {
 pub async fn tags(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<TagsRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
@@ -321,7 +324,7 @@ pub struct CsatRequest {
 pub async fn csat(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<CsatRequest>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = by(caller)?;
@@ -356,7 +359,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = by(caller)?;
     let limit = q.limit.unwrap_or(50);
@@ -493,7 +496,7 @@ pub async fn queue(State(state): State<Arc<AppState>>, caller: Caller) -> Result
 pub async fn assignments(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let (tenant, by) = staff(caller)?;
     let mut client = state.pool.get().await?;
@@ -533,12 +536,4 @@ fn bounded<'a>(s: Option<&'a str>, name: &str, max: usize) -> Result<Option<&'a 
         ))),
         other => Ok(other),
     }
-}
-
-/// An optional JSON body: empty means the defaults.
-pub(super) fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
 }

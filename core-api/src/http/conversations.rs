@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::Actor;
+use relaydesk_shared::{input, ErrorCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{AcceptedBody, ConversationBody, ErrorBody, Messages};
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
 use crate::consumer::accepted;
 use crate::db;
@@ -95,7 +96,7 @@ fn reader(caller: Caller) -> Result<(Uuid, Option<(Uuid, Role)>)> {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let (tenant, who) = reader(caller)?;
     let mut client = state.pool.get().await?;
@@ -188,8 +189,8 @@ fn default_limit() -> i64 {
 pub async fn list_messages(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
-    Query(page): Query<Page>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Value>> {
     let (tenant, who) = reader(caller)?;
     let limit = page.limit.clamp(1, 1000);
@@ -241,7 +242,7 @@ fn default_kind() -> String {
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PostMessage>,
 ) -> Result<(StatusCode, Json<Value>)> {
@@ -260,7 +261,7 @@ pub async fn post_message(
 }
 
 /// Commits one message posted over HTTP (a message, a note) by the same path as the wire
-/// `send`, reopens what a visitor's message wakes, and publishes it live.
+/// `send` (and under its size limit), reopens what a visitor's message wakes, and publishes it live.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn post_one(
     state: &AppState,
@@ -272,6 +273,12 @@ pub(super) async fn post_one(
     kind: String,
     body: Value,
 ) -> Result<relaydesk_shared::wire::Message> {
+    if !input::body_within_limit(&body) {
+        return Err(Error::client(
+            ErrorCode::TooLarge,
+            format!("message body over {} bytes", input::MAX_MESSAGE_BYTES),
+        ));
+    }
     let name = principal_name(state, tenant, principal, role).await?;
     let message = NewMessage {
         tenant,

@@ -1,5 +1,15 @@
-//! The HTTP API v1 (`../shared/spec/api-v1.md`): routes, and the JSON extractor whose
-//! rejections use the project's error body.
+//! The HTTP API v1 (`../shared/spec/api-v1.md`): routes, and the extractors every
+//! handler takes its input through, so that every refusal — a bad body, path or query,
+//! an unknown route or method — is answered with the project's error body.
+//!
+//! Request bodies ([`ApiJson`], [`OptionalJson`]): at most [`MAX_BODY_BYTES`] (413
+//! `too_large`, judged from `Content-Length` before any byte is read, so a client
+//! waiting on `Expect: 100-continue` is answered without sending its body), read within
+//! `Config::body_timeout` (408 `timeout`), then the string rule of
+//! `relaydesk_shared::input` (no NUL, no unpaired surrogate), then a JSON object (an
+//! array or scalar where an object is expected is `bad_request`), then the type.
+//! Path segments and query values ([`ApiPath`], [`ApiQuery`]) are refused when they
+//! fail to parse or carry an encoded NUL (`%00`).
 
 mod accounts;
 mod actions;
@@ -14,13 +24,26 @@ mod webhooks;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 use axum::routing::{get, patch, post, put};
 use axum::Router;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use relaydesk_shared::{input, ErrorCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::AppState;
+
+/// Largest request body; past it 413 `too_large`. (A message's own limit is smaller:
+/// `relaydesk_shared::input::MAX_MESSAGE_BYTES`.)
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Latest instant a timestamp in a request may name (Unix ms): 9999-12-31T23:59:59.999Z,
+/// well inside what PostgreSQL's `timestamptz` holds.
+pub const MAX_UNIX_MS: i64 = 253_402_300_799_999;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -91,6 +114,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/client/{*path}", get(web::client_file))
         .route("/widget.js", get(web::widget))
         .route("/demo", get(web::demo))
+        .fallback(|| async { Error::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            Error::client(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
         // Widgets call the API from tenants' own sites; credentials are bearer tokens,
         // never cookies, so any origin may call.
         .layer(
@@ -107,27 +137,151 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A list's page position, `<µs>_<uuid>`: the ordering timestamp (Unix µs) and id of the
-/// last row of the previous page.
+/// A list's page position, `<µs>_<uuid>`: the ordering timestamp (Unix µs, from 0 to
+/// [`MAX_UNIX_MS`]) and id of the last row of the previous page.
 pub(crate) fn parse_cursor(c: &str) -> Result<(i64, uuid::Uuid), Error> {
     let bad = || Error::bad_request("cursor is invalid");
     let (us, id) = c.split_once('_').ok_or_else(bad)?;
-    Ok((
-        us.parse().map_err(|_| bad())?,
-        uuid::Uuid::try_parse(id).map_err(|_| bad())?,
-    ))
+    let us: i64 = us.parse().map_err(|_| bad())?;
+    if !(0..=MAX_UNIX_MS.saturating_mul(1000)).contains(&us) {
+        return Err(bad());
+    }
+    Ok((us, uuid::Uuid::try_parse(id).map_err(|_| bad())?))
 }
 
-/// `axum::Json`, with rejections answered as `bad_request` error bodies.
+/// A JSON object body: `axum::Json` with this module's limits and string rule, and
+/// rejections answered as error bodies. Needs `Content-Type: application/json`.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        axum::Json::<T>::from_request(req, state)
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Error> {
+        if !json_content_type(req.headers()) {
+            return Err(Error::bad_request(
+                "expected a request with `Content-Type: application/json`",
+            ));
+        }
+        let body = read_body(req, state).await?;
+        decode(&body).map(ApiJson)
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()`, and any content type is
+/// taken.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<Arc<AppState>> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Error> {
+        let body = read_body(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        decode(&body).map(OptionalJson)
+    }
+}
+
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+}
+
+fn too_large() -> Error {
+    Error::client(
+        ErrorCode::TooLarge,
+        format!("request body over {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// The whole body, within [`MAX_BODY_BYTES`] and the configured body timeout.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        // Before the body is polled: no `100 Continue` is sent, nothing is left unread.
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = req.into_body().into_data_stream();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|_| Error::bad_request("the request body could not be read"))?;
+            if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(state.config.body_timeout, read)
+        .await
+        .map_err(|_| {
+            Error::client(
+                ErrorCode::Timeout,
+                "the request body did not arrive in time",
+            )
+        })?
+}
+
+/// A body's value: the string rule, a JSON object, then `T`.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    input::check_json_strings(body).map_err(|e| Error::bad_request(e.to_string()))?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Refuses an encoded NUL in a path or query (the decoded string would hold it).
+fn no_encoded_nul(raw: Option<&str>) -> Result<(), Error> {
+    if raw.is_some_and(|r| r.contains("%00")) {
+        return Err(Error::bad_request(input::StringError::Nul.to_string()));
+    }
+    Ok(())
+}
+
+/// `axum::extract::Path`, with rejections answered as error bodies.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        no_encoded_nul(Some(parts.uri.path()))?;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) if e.status().is_server_error() => Err(Error::Internal(e.body_text())),
+            Err(e) => Err(Error::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Query`, with rejections answered as error bodies.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        no_encoded_nul(parts.uri.query())?;
+        axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
-            .map(|axum::Json(v)| ApiJson(v))
+            .map(|axum::extract::Query(v)| ApiQuery(v))
             .map_err(|e| Error::bad_request(e.body_text()))
     }
 }

@@ -1,7 +1,10 @@
 //! The OpenAPI 3.1 document of HTTP API v1, served at `GET /v1/openapi.json`.
 //!
 //! Paths come from the handlers' `#[utoipa::path]` annotations; the response shapes
-//! below describe the JSON the handlers build.
+//! below describe the JSON the handlers build. The refusals every route shares through
+//! the extractors of `http/mod.rs` (400 for a bad body, path or query, 413 and 408 for a
+//! body too large or too slow) are added to every operation by one modifier
+//! ([`InputRefusals`]), so no annotation can forget them.
 
 use axum::Json;
 use serde::Serialize;
@@ -59,7 +62,7 @@ use super::{accounts, actions, conversations, support};
         support::list_teams,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Bearer)
+    modifiers(&Bearer, &InputRefusals)
 )]
 pub struct ApiDoc;
 
@@ -72,6 +75,58 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Adds the input refusals of `http/mod.rs` to every operation that can meet them: 400
+/// where there is a body or a parameter, 413 and 408 where there is a body.
+struct InputRefusals;
+
+impl Modify for InputRefusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let shared_params = item.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let body = op.request_body.is_some();
+                let params = shared_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let responses = &mut op.responses.responses;
+                if body || params {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("bad_request: a malformed body, path or query value, a string with NUL or an unpaired surrogate, or a JSON array or scalar where an object is expected").into()
+                    });
+                }
+                if body {
+                    responses.entry("413".into()).or_insert_with(|| {
+                        error("too_large: a request body over 1 MiB, or a message body over 64 KiB").into()
+                    });
+                    responses.entry("408".into()).or_insert_with(|| {
+                        error("timeout: the request body did not arrive within BODY_TIMEOUT_MS")
+                            .into()
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -88,7 +143,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// bad_request, unauthorized, forbidden, not_found, conflict, rate_limited, too_large,
-    /// unavailable or internal.
+    /// unavailable, internal, or (HTTP only) method_not_allowed or timeout.
     #[schema(value_type = String, example = "not_found")]
     pub code: relaydesk_shared::ErrorCode,
     pub message: String,
@@ -527,5 +582,21 @@ mod tests {
             );
         }
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    }
+
+    #[test]
+    fn documents_the_input_refusals() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let post = &doc["paths"]["/v1/conversations/{id}/messages"]["post"]["responses"];
+        for status in ["400", "408", "413"] {
+            assert_eq!(
+                post[status]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{status}: {post}"
+            );
+        }
+        let get = &doc["paths"]["/v1/conversations/{id}"]["get"]["responses"];
+        assert!(get.get("400").is_some(), "{get}");
+        assert!(get.get("413").is_none(), "{get}");
     }
 }

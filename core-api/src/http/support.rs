@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::openapi::{ErrorBody, SupportTypeBody, SupportTypeList, TeamBody, TeamList};
-use super::ApiJson;
+use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
@@ -129,7 +129,7 @@ pub async fn create(
 pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     ApiJson(req): ApiJson<SupportTypeRequest>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
@@ -360,7 +360,7 @@ pub struct MembersRequest {
 pub async fn set_team_members(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<MembersRequest>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;

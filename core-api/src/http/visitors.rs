@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use deadpool_postgres::Transaction;
@@ -19,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{ErrorBody, VisitorBody, VisitorList};
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
@@ -230,7 +229,7 @@ async fn profile(state: &AppState, tx: &Transaction<'_>, tenant: Uuid, id: Uuid)
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let tenant = staff_tenant(caller)?;
     let mut client = state.pool.get().await?;
@@ -265,7 +264,7 @@ fn cursor_of(r: &tokio_postgres::Row) -> String {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Query(q): Query<VisitorQuery>,
+    ApiQuery(q): ApiQuery<VisitorQuery>,
 ) -> Result<Json<Value>> {
     let tenant = match caller {
         Caller::ApiKey { tenant } => tenant,
@@ -347,17 +346,15 @@ pub async fn list(
 pub async fn set_attributes(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
-    body: Bytes,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(attributes): OptionalJson<Value>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
-    if body.len() > MAX_ATTRIBUTES_BYTES {
+    if relaydesk_shared::input::json_len(&attributes) > MAX_ATTRIBUTES_BYTES {
         return Err(Error::bad_request(format!(
             "attributes must be at most {MAX_ATTRIBUTES_BYTES} bytes"
         )));
     }
-    let attributes: Value = serde_json::from_slice(&body)
-        .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?;
     attributes_object(&attributes)?;
     let max = MAX_ATTRIBUTES_BYTES as i32;
     let mut client = state.pool.get().await?;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::openapi::{ErrorBody, WidgetConfig};
+use super::{ApiPath, ApiQuery};
 use crate::error::{Error, Result};
 use crate::{auth, db, AppState};
 
@@ -65,11 +66,11 @@ pub async fn console_index() -> Response {
     asset("console/index.html")
 }
 
-pub async fn console_file(Path(path): Path<String>) -> Response {
+pub async fn console_file(ApiPath(path): ApiPath<String>) -> Response {
     asset(&format!("console/{path}"))
 }
 
-pub async fn client_file(Path(path): Path<String>) -> Response {
+pub async fn client_file(ApiPath(path): ApiPath<String>) -> Response {
     asset(&format!("client/{path}"))
 }
 
@@ -85,7 +86,7 @@ pub struct SiteKey {
 }
 
 /// `/demo?site_key=…`: a product page with the tenant's widget on it.
-pub async fn demo(Query(q): Query<SiteKey>) -> Response {
+pub async fn demo(ApiQuery(q): ApiQuery<SiteKey>) -> Response {
     let Some(file) = Assets::get("demo/index.html") else {
         return Error::not_found("file").into_response();
     };
@@ -109,7 +110,7 @@ pub async fn demo(Query(q): Query<SiteKey>) -> Response {
     responses((status = 200, body = WidgetConfig), (status = 404, body = ErrorBody)))]
 pub async fn widget_config(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<SiteKey>,
+    ApiQuery(q): ApiQuery<SiteKey>,
 ) -> Result<Json<Value>> {
     let key = q
         .site_key

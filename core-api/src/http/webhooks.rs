@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{ErrorBody, WebhookCreated, WebhookDeliveries, WebhookList};
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
@@ -157,7 +157,7 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode> {
     let tenant = caller.tenant_admin()?;
     let mut client = state.pool.get().await?;
@@ -190,8 +190,8 @@ pub struct DeliveriesQuery {
 pub async fn deliveries(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<Uuid>,
-    Query(q): Query<DeliveriesQuery>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
     let limit = q.limit.unwrap_or(50);
