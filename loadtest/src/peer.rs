@@ -587,6 +587,7 @@ fn reconnect_after(code: u16) -> bool {
     [
         CloseCode::Normal,
         CloseCode::GoingAway,
+        CloseCode::ProtocolError,
         CloseCode::Unsupported,
         CloseCode::InvalidUtf8,
         CloseCode::TooLarge,
