@@ -1,13 +1,16 @@
 //! RFC 6455 strictness of the edge, black-box, from a raw-socket peer that writes every
 //! frame by hand: close frames and their codes, malformed and oversized frames (closed
-//! with the close frame read by the peer, not lost to a reset). Each frame check runs
-//! before `hello` and after it.
+//! with the close frame read by the peer, not lost to a reset), and the upgrade request.
+//! Each frame check runs before `hello` and after it.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{client_frame, close_frame, op, Ending, RawWs, Stack};
+use std::time::Duration;
+
+use common::{client_frame, close_frame, op, read_to_close, tcp_connect, Ending, RawWs, Stack};
+use tokio::io::AsyncWriteExt;
 
 /// A stack with one edge and core-api, and a visitor's connection token.
 async fn stack_with_token(tune: impl Fn(&mut relaydesk_edge::Config)) -> (Stack, String) {
@@ -136,4 +139,70 @@ async fn a_malformed_length_or_a_data_frame_inside_a_message_gets_1002() {
         ),
     ];
     expect_closes(&stack, &token, &cases).await;
+}
+
+/// Sends `request` on a fresh connection; returns the edge's answer head, lower-cased.
+async fn upgrade_answer(addr: &str, request: &str) -> String {
+    let mut s = tcp_connect(addr, None, None).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    // The edge closes after refusing; after a 101 it waits for `hello`: read what came.
+    let (got, _) = read_to_close(&mut s, Duration::from_millis(500)).await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+fn request(http: &str, key: Option<&str>, version: Option<&str>) -> String {
+    let mut r = format!(
+        "GET /v1/ws {http}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    );
+    if let Some(k) = key {
+        r.push_str(&format!("Sec-WebSocket-Key: {k}\r\n"));
+    }
+    if let Some(v) = version {
+        r.push_str(&format!("Sec-WebSocket-Version: {v}\r\n"));
+    }
+    r.push_str("Connection: close\r\n\r\n");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_requests_that_break_rfc_6455_are_refused() {
+    let stack =
+        Stack::start_custom(1, false, |c| c.hello_timeout = Duration::from_millis(200)).await;
+    let addr = stack.edge_addr(0);
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    // The valid request: 101 with the accept value of RFC 6455 section 1.3.
+    let head = upgrade_answer(&addr, &request("HTTP/1.1", Some(KEY), Some("13"))).await;
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+
+    for key in [
+        "",
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZSE=",
+        "dGhlIHNhbXBsZSBub25jZSEh",
+        "dGhlIHNhbXBsZSBub25j*Q==",
+    ] {
+        let head = upgrade_answer(&addr, &request("HTTP/1.1", Some(key), Some("13"))).await;
+        assert!(head.starts_with("http/1.1 400 "), "key {key:?}: {head}");
+    }
+    let head = upgrade_answer(&addr, &request("HTTP/1.1", None, Some("13"))).await;
+    assert!(head.starts_with("http/1.1 400 "), "no key: {head}");
+    let head = upgrade_answer(&addr, &request("HTTP/1.0", Some(KEY), Some("13"))).await;
+    assert!(head.starts_with("http/1.0 400 "), "HTTP/1.0: {head}");
+
+    // A version other than 13 (or none): 426, naming the version served.
+    for version in [Some("8"), Some("14"), None] {
+        let head = upgrade_answer(&addr, &request("HTTP/1.1", Some(KEY), version)).await;
+        assert!(head.starts_with("http/1.1 426 "), "{version:?}: {head}");
+        assert!(
+            head.contains("\r\nsec-websocket-version: 13"),
+            "{version:?}: {head}"
+        );
+    }
 }
