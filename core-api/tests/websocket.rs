@@ -1,13 +1,13 @@
 //! RFC 6455 strictness of the edge, black-box, from a raw-socket peer that writes every
 //! frame by hand: close frames and their codes, malformed and oversized frames (closed
-//! with the close frame read by the peer, not lost to a reset), and the upgrade request.
-//! Each frame check runs before `hello` and after it.
+//! with the close frame read by the peer, not lost to a reset), the upgrade request, and
+//! the frame timeout. Each frame check runs before `hello` and after it.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{client_frame, close_frame, op, read_to_close, tcp_connect, Ending, RawWs, Stack};
 use tokio::io::AsyncWriteExt;
@@ -205,4 +205,45 @@ async fn upgrade_requests_that_break_rfc_6455_are_refused() {
             "{version:?}: {head}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_trickled_after_hello_is_closed_1008_at_the_frame_timeout() {
+    const FRAME_TIMEOUT: Duration = Duration::from_millis(600);
+    let (stack, token) = stack_with_token(|c| c.frame_timeout = FRAME_TIMEOUT).await;
+    let addr = stack.edge_addr(0);
+    let ping = client_frame(true, op::TEXT, br#"{"t":"ping"}"#);
+    let pong =
+        |f: Option<(u8, Vec<u8>)>| f.is_some_and(|(o, p)| o == op::TEXT && p == br#"{"t":"pong"}"#);
+
+    let mut ws = RawWs::hello(&addr, &token).await;
+    // Idle longer than the frame timeout: no frame was begun, nothing is timed.
+    tokio::time::sleep(FRAME_TIMEOUT * 2).await;
+    // A frame sent in two parts, well within the timeout, is served.
+    ws.send(&ping[..5]).await;
+    tokio::time::sleep(FRAME_TIMEOUT / 4).await;
+    ws.send(&ping[5..]).await;
+    assert!(pong(ws.next_frame().await));
+
+    // A frame announced at 60,000 bytes, then trickled a byte at a time.
+    let big = client_frame(true, op::TEXT, &vec![b' '; 60_000]);
+    ws.send(&big[..8]).await;
+    let start = Instant::now();
+    let (ending, trickled) = tokio::time::timeout(
+        Duration::from_secs(5),
+        ws.ending_while_trickling(&big[8..], Duration::from_millis(100)),
+    )
+    .await
+    .expect("a trickled frame kept the connection open for 5 s");
+    let elapsed = start.elapsed();
+    assert_eq!(ending, Ending::clean(1008));
+    assert!(
+        elapsed >= FRAME_TIMEOUT.mul_f32(0.8),
+        "closed after {elapsed:?}, before the frame timeout"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "closed only after {elapsed:?}"
+    );
+    assert!(trickled >= 3, "only {trickled} bytes trickled");
 }

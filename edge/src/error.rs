@@ -49,6 +49,8 @@ pub enum FrameError {
     TextUtf8,
     #[error("message over the inbound limit")]
     TooLarge,
+    #[error("frame not completed within the frame timeout")]
+    Stalled,
 }
 
 impl FrameError {
@@ -67,6 +69,7 @@ impl FrameError {
             FrameError::CloseReasonUtf8 | FrameError::TextUtf8 => CloseCode::InvalidUtf8,
             FrameError::Binary => CloseCode::Unsupported,
             FrameError::TooLarge => CloseCode::TooLarge,
+            FrameError::Stalled => CloseCode::PolicyViolation,
         }
     }
 }
@@ -126,5 +129,6 @@ mod tests {
         assert_eq!(FrameError::CloseReasonUtf8.close_code().code(), 1007);
         assert_eq!(FrameError::Binary.close_code().code(), 1003);
         assert_eq!(FrameError::TooLarge.close_code().code(), 1009);
+        assert_eq!(FrameError::Stalled.close_code().code(), 1008);
     }
 }

@@ -11,15 +11,17 @@
 //! Control frames are answered through the connection's outbound queue: a ping with a
 //! pong, a valid close with the echo of its code. Every frame that breaks RFC 6455 or the
 //! limits ends reading with a [`FrameError`] (its close code is chosen in
-//! [`crate::error`]). The reader can also drop unread input without framing
-//! ([`Reader::discard`]) so that closing after a broken frame does not reset the
-//! connection.
+//! [`crate::error`]). The reader also knows since when it holds an unfinished frame or
+//! fragmented message ([`Reader::unfinished_for`]), for the session's frame timeout,
+//! and can drop unread input without framing ([`Reader::discard`]) so that closing after
+//! a broken frame does not reset the connection.
 
 use std::cell::RefCell;
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use relaydesk_shared::CloseCode;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::error::{peer_close, FrameError};
@@ -163,8 +165,18 @@ pub struct Reader {
     input: Option<BytesMut>,
     /// The message being assembled from continuation frames.
     partial: Option<Vec<u8>>,
+    /// Since when `input` has held an unfinished frame or `partial` a message, in ms on
+    /// [`crate::writer::clock_ms`] (truncated to 32 bits, never 0); 0 while the reader
+    /// holds nothing unfinished. 32-bit fields keep every connection's state small.
+    since: u32,
     /// Largest whole message, in bytes.
-    max: usize,
+    max: u32,
+}
+
+/// [`crate::writer::clock_ms`] truncated to 32 bits (it wraps after 49 days: only
+/// differences are used), never 0.
+fn clock32() -> u32 {
+    (crate::writer::clock_ms() as u32).max(1)
 }
 
 impl Reader {
@@ -179,8 +191,16 @@ impl Reader {
         Reader {
             input,
             partial: None,
-            max,
+            since: 0,
+            max: u32::try_from(max).unwrap_or(u32::MAX),
         }
+    }
+
+    /// How long the reader has been holding an unfinished frame or fragmented message
+    /// (since it found it unfinished), if it is.
+    pub fn unfinished_for(&self) -> Option<Duration> {
+        (self.since != 0)
+            .then(|| Duration::from_millis(u64::from(clock32().wrapping_sub(self.since))))
     }
 
     /// Drops unread input, then reads and drops what the socket holds, without framing,
@@ -189,6 +209,7 @@ impl Reader {
     /// the reset can destroy the close frame before the peer reads it.
     pub fn discard(&mut self, io: &TcpStream, budget: &mut usize) -> Discard {
         self.partial = None;
+        self.since = 0;
         let mut buf = self.input.take().unwrap_or_else(pooled);
         let end = loop {
             *budget = budget.saturating_sub(buf.len());
@@ -228,6 +249,9 @@ impl Reader {
                             give_back(b);
                         }
                     }
+                    if self.since == 0 && (self.input.is_some() || self.partial.is_some()) {
+                        self.since = clock32();
+                    }
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -243,7 +267,8 @@ impl Reader {
                 return Ok(None);
             };
             let assembled = self.partial.as_ref().map_or(0, Vec::len);
-            let Some(h) = parse_header(buf, self.max.saturating_sub(assembled))? else {
+            let max = usize::try_from(self.max).unwrap_or(usize::MAX);
+            let Some(h) = parse_header(buf, max.saturating_sub(assembled))? else {
                 return Ok(None);
             };
             if buf.len() < h.size + h.len {
@@ -264,6 +289,7 @@ impl Reader {
                 0x1 | 0x2 if self.partial.is_some() => return Err(FrameError::Interleaved.into()),
                 0x1 => {
                     if h.fin {
+                        self.since = 0;
                         return utf8(payload).map(Some);
                     }
                     self.partial = Some(payload);
@@ -274,6 +300,7 @@ impl Reader {
                     };
                     msg.extend_from_slice(&payload);
                     if h.fin {
+                        self.since = 0;
                         return utf8(msg).map(Some);
                     }
                     self.partial = Some(msg);
@@ -286,6 +313,11 @@ impl Reader {
                 0x9 => out.pong(Bytes::from(payload)),
                 // 0xA: parse_header lets no other opcode through.
                 _ => {}
+            }
+            // A control frame outside a fragmented message: nothing is unfinished any
+            // more. A fragmented message stays unfinished, from its first frame on.
+            if self.partial.is_none() {
+                self.since = 0;
             }
         }
     }
@@ -433,6 +465,41 @@ mod tests {
         assert_eq!(end, Some(End::Invalid(FrameError::CloseTooShort)));
         let (_, end, _) = read_all(frame(true, 8, &[3, 232, 0xc3]), 100).await;
         assert_eq!(end, Some(End::Invalid(FrameError::CloseReasonUtf8)));
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_frame_or_message_is_timed_until_it_completes() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(100, Bytes::new());
+        let first = frame(false, 1, b"ab");
+        let ping = frame(true, 9, b"p");
+        let last = frame(true, 0, b"cd");
+        // Half a frame: unfinished from then on.
+        client.write_all(&first[..3]).await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(r.next(&server, &out).unwrap(), None);
+        let since = r.since;
+        assert_ne!(since, 0);
+        assert!(r.unfinished_for().is_some());
+        // The frame completes, but the message it begins does not, even past a ping.
+        client.write_all(&first[3..]).await.unwrap();
+        client.write_all(&ping).await.unwrap();
+        while r.input.is_some() || r.partial.is_none() {
+            server.readable().await.unwrap();
+            assert_eq!(r.next(&server, &out).unwrap(), None);
+        }
+        assert_eq!(r.since, since);
+        client.write_all(&last).await.unwrap();
+        let msg = loop {
+            server.readable().await.unwrap();
+            if let Some(m) = r.next(&server, &out).unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(msg, b"abcd");
+        assert_eq!(r.unfinished_for(), None);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::error::FrameError;
 use crate::ingress::{self, OnFail};
 use crate::reader::{Discard, End, Reader};
 use crate::writer::{Flushed, Outbound, Writer};
@@ -117,8 +118,9 @@ impl Link {
     }
 
     /// The next client message, writing queued frames meanwhile. Ends as soon as a close
-    /// was requested.
-    async fn next_message(&mut self) -> Result<Vec<u8>, End> {
+    /// was requested, or when a frame (or fragmented message), once begun, is not
+    /// complete within `frame_timeout`.
+    async fn next_message(&mut self, frame_timeout: Duration) -> Result<Vec<u8>, End> {
         loop {
             if self.out.is_closing() {
                 return Err(End::Closing);
@@ -127,7 +129,22 @@ impl Link {
             if let Some(msg) = self.reader.next(&self.io, &self.out)? {
                 return Ok(msg);
             }
-            self.wait(true).await?;
+            match self.reader.unfinished_for() {
+                None => self.wait(true).await?,
+                // Boxed: only a connection in the middle of a frame needs room for a timer.
+                Some(elapsed) => {
+                    let left = frame_timeout.saturating_sub(elapsed);
+                    Box::pin(self.wait_until(tokio::time::Instant::now() + left)).await?
+                }
+            }
+        }
+    }
+
+    /// [`Link::wait`] for input, up to `deadline`: past it the unfinished frame stalled.
+    async fn wait_until(&mut self, deadline: tokio::time::Instant) -> Result<(), End> {
+        match tokio::time::timeout_at(deadline, self.wait(true)).await {
+            Ok(r) => r,
+            Err(_) => Err(FrameError::Stalled.into()),
         }
     }
 
@@ -313,7 +330,7 @@ impl Session {
             Err(end) => return end,
         };
         loop {
-            let bytes = match link.next_message().await {
+            let bytes = match link.next_message(self.ctx.config.frame_timeout).await {
                 Ok(b) => b,
                 Err(end) => return end,
             };
@@ -340,7 +357,8 @@ impl Session {
         let origin = self.origin.take();
         let origin = origin.as_deref();
         let cfg = &self.ctx.config;
-        let bytes = match tokio::time::timeout(cfg.hello_timeout, link.next_message()).await {
+        let next = link.next_message(cfg.frame_timeout);
+        let bytes = match tokio::time::timeout(cfg.hello_timeout, next).await {
             Err(_) => return Err(End::Close(CloseCode::Unauthorized)),
             Ok(r) => r?,
         };

@@ -128,7 +128,7 @@ impl std::fmt::Debug for Outbound {
 }
 
 /// Milliseconds since the first call in this process: a cheap clock for liveness.
-fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)

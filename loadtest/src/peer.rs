@@ -590,6 +590,7 @@ fn reconnect_after(code: u16) -> bool {
         CloseCode::ProtocolError,
         CloseCode::Unsupported,
         CloseCode::InvalidUtf8,
+        CloseCode::PolicyViolation,
         CloseCode::TooLarge,
         CloseCode::Restart,
         CloseCode::SlowConsumer,

@@ -18,6 +18,8 @@ pub enum CloseCode {
     Unsupported = 1003,
     /// A text frame, or a close frame's reason, was not valid UTF-8.
     InvalidUtf8 = 1007,
+    /// A frame, once begun, was not completed within the frame timeout.
+    PolicyViolation = 1008,
     /// A message exceeded the inbound limit.
     TooLarge = 1009,
     /// The edge is restarting (draining).
@@ -46,6 +48,7 @@ impl CloseCode {
         matches!(
             self,
             CloseCode::GoingAway
+                | CloseCode::PolicyViolation
                 | CloseCode::Restart
                 | CloseCode::SlowConsumer
                 | CloseCode::Unavailable
@@ -98,6 +101,7 @@ mod tests {
             CloseCode::ProtocolError,
             CloseCode::Unsupported,
             CloseCode::InvalidUtf8,
+            CloseCode::PolicyViolation,
             CloseCode::TooLarge,
             CloseCode::Restart,
             CloseCode::SlowConsumer,
