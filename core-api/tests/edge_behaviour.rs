@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{tcp_connect, Next, Stack, Ws, WAIT};
+use common::{read_to_close, tcp_connect, Next, Stack, Ws, UPGRADE, WAIT};
 use futures::SinkExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,31 +22,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
-/// A complete WebSocket upgrade request for `/v1/ws`.
-const UPGRADE: &str = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
 }
 
 fn send_frame(conv: Uuid, id: &str, text: &str) -> Value {
     json!({"t": "send", "id": id, "conv": conv, "kind": "text", "body": {"text": text}})
-}
-
-/// Reads from `s` until the peer closes (EOF or reset) or `limit` passes; returns what
-/// was read and whether the peer closed.
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (got, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Sends every frame of `frames` (ids `ids`) at once, then waits until each id has its

@@ -22,6 +22,9 @@ pub struct Config {
     pub edge_id: String,
     /// Time a client has to send `hello` (env `HELLO_TIMEOUT_MS`, default 5000).
     pub hello_timeout: Duration,
+    /// Time a WebSocket frame, or a fragmented message, once begun, has to arrive whole
+    /// (env `FRAME_TIMEOUT_MS`, default 10000); past it: close 1008.
+    pub frame_timeout: Duration,
     /// WebSocket ping interval (env `HEARTBEAT_MS`, default 25000).
     pub heartbeat: Duration,
     /// Inbound message limit in bytes (env `MAX_MESSAGE_BYTES`, default 65536).
@@ -85,6 +88,7 @@ impl Config {
             token_public_key_pem,
             edge_id: random_edge_id(),
             hello_timeout: Duration::from_millis(5000),
+            frame_timeout: Duration::from_millis(10_000),
             heartbeat: Duration::from_millis(25_000),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             outbound_queue_bytes: 1024 * 1024,
@@ -151,6 +155,7 @@ impl Config {
             }
         };
         c.hello_timeout = ms("HELLO_TIMEOUT_MS", c.hello_timeout)?;
+        c.frame_timeout = ms("FRAME_TIMEOUT_MS", c.frame_timeout)?;
         c.heartbeat = ms("HEARTBEAT_MS", c.heartbeat)?;
         c.header_timeout = ms("HEADER_TIMEOUT_MS", c.header_timeout)?;
         c.core_timeout = ms("CORE_TIMEOUT_MS", c.core_timeout)?;
@@ -239,6 +244,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 65536);
         assert_eq!(c.outbound_queue_bytes, 1 << 20);
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
+        assert_eq!(c.frame_timeout, Duration::from_millis(10_000));
         assert!(c.edge_id.starts_with("e-") && c.edge_id.len() == 14);
         assert!(matches!(
             Config::from_lookup(lookup(&[])),

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use fred::prelude::ClientLike;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -96,6 +96,9 @@ fn upgrade(
         );
         return r;
     }
+    if let Some(refused) = handshake_refusal(&req) {
+        return refused;
+    }
     // fastwebsockets does not check Origin: the session does, against the token.
     let origin = req
         .headers()
@@ -131,6 +134,62 @@ fn upgrade(
     response.map(|_| Full::new(Bytes::new()))
 }
 
+/// What fastwebsockets leaves unchecked of an upgrade request (RFC 6455 section 4.2.1):
+/// HTTP/1.1, one `Sec-WebSocket-Key` that is the base64 of 16 bytes (400 otherwise), and
+/// `Sec-WebSocket-Version: 13` (otherwise 426 naming the version served, section 4.4).
+/// `Some` is the answer to a request that breaks them.
+fn handshake_refusal(req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.version() != Version::HTTP_11 {
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    let mut versions = req.headers().get_all(SEC_WEBSOCKET_VERSION).iter();
+    if !matches!((versions.next(), versions.next()), (Some(v), None) if v == "13") {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version: 13 is served",
+        );
+        let h = r.headers_mut();
+        h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            hyper::header::UPGRADE,
+            HeaderValue::from_static("websocket"),
+        );
+        return Some(r);
+    }
+    let mut keys = req.headers().get_all(SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if valid_key(key.as_bytes()) => None,
+        _ => Some(text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        )),
+    }
+}
+
+/// Whether `key` is the (canonical, padded) base64 of 16 bytes: 22 characters of the
+/// base64 alphabet, the last with its 4 unused bits clear, then `==`.
+fn valid_key(key: &[u8]) -> bool {
+    fn sextet(c: u8) -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let [body @ .., last, b'=', b'='] = key else {
+        return false;
+    };
+    body.len() == 21
+        && body.iter().all(|&c| sextet(c).is_some())
+        && sextet(*last).is_some_and(|s| s & 0x0f == 0)
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -139,4 +198,30 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn keys_are_the_base64_of_16_bytes() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(valid_key(b"/+//////////////////ww=="));
+        for bad in [
+            &b""[..],
+            b"abc",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZSE=",
+            b"dGhlIHNhbXBsZSBub25jZSEh",
+            b" dGhlIHNhbXBsZSBub25jZQ==",
+        ] {
+            assert!(!valid_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -256,7 +256,7 @@ impl Conn {
             if u.early_bytes > limit {
                 u.early.clear();
                 metrics::counter!("relaydesk_edge_slow_consumer_closes_total").increment(1);
-                self.out.close_discarding(CloseCode::SlowConsumer.code());
+                self.out.close_discarding(CloseCode::SlowConsumer);
             } else {
                 u.early.push(frame);
             }

@@ -46,7 +46,7 @@ pub enum OnFail {
 impl OnFail {
     fn fail(self) {
         match self {
-            OnFail::Close(out) => out.close(CloseCode::Unavailable.code()),
+            OnFail::Close(out) => out.close(CloseCode::Unavailable),
             OnFail::Refuse { out, id, conv } => {
                 out.send(unavailable(id, conv));
             }

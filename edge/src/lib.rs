@@ -296,7 +296,7 @@ async fn drain(ctx: &Arc<Ctx>) {
         let start = tokio::time::Instant::now();
         for (i, (_, out)) in outs.iter().enumerate() {
             tokio::time::sleep_until(start + step * u32::try_from(i).unwrap_or(u32::MAX)).await;
-            out.close(CloseCode::Restart.code());
+            out.close(CloseCode::Restart);
         }
     }
     ctx.tracker.close();
@@ -304,7 +304,7 @@ async fn drain(ctx: &Arc<Ctx>) {
     loop {
         // Sessions that were still starting when the window began.
         for (_, out) in ctx.all_outbounds() {
-            out.close(CloseCode::Restart.code());
+            out.close(CloseCode::Restart);
         }
         if tokio::time::timeout(Duration::from_millis(200), ctx.tracker.wait())
             .await

@@ -9,35 +9,57 @@
 //! fragmented message keeps its assembled prefix.
 //!
 //! Control frames are answered through the connection's outbound queue: a ping with a
-//! pong, a close with the echo of its code.
+//! pong, a valid close with the echo of its code. Every frame that breaks RFC 6455 or the
+//! limits ends reading with a [`FrameError`] (its close code is chosen in
+//! [`crate::error`]). The reader also knows since when it holds an unfinished frame or
+//! fragmented message ([`Reader::unfinished_for`]), for the session's frame timeout,
+//! and can drop unread input without framing ([`Reader::discard`]) so that closing after
+//! a broken frame does not reset the connection.
 
 use std::cell::RefCell;
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use relaydesk_shared::CloseCode;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
+use crate::error::{peer_close, FrameError};
 use crate::writer::Outbound;
 
 /// Size of a pooled read buffer: one read takes up to this much.
 const READ_CHUNK: usize = 8 * 1024;
 /// Buffers kept per worker thread.
 const POOL_MAX: usize = 256;
-/// WebSocket close code for a protocol error at the framing level.
-pub const WS_PROTOCOL_ERROR: u16 = 1002;
 
 /// Why reading stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// Close the connection with this code.
-    Close(u16),
+    Close(CloseCode),
+    /// The peer broke the framing or the limits: close with the error's code.
+    Invalid(FrameError),
     /// A close was already requested elsewhere (drain, slow consumer, Redis down, heartbeat).
     Closing,
     /// The peer sent a close frame (its echo is queued).
     PeerClosed,
     /// The socket is gone.
     Gone,
+}
+
+impl From<FrameError> for End {
+    fn from(e: FrameError) -> Self {
+        End::Invalid(e)
+    }
+}
+
+/// What [`Reader::discard`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// Nothing more to read for now: wait until the socket is readable.
+    Pending,
+    /// The stream ended, failed, or the budget is spent: stop reading.
+    Ended,
 }
 
 thread_local! {
@@ -76,19 +98,23 @@ struct Header {
 }
 
 /// Parses the header at the start of `buf`: `Ok(None)` while it is incomplete. Client
-/// frames must be masked; control frames must be final and at most 125 bytes; a data
-/// frame may carry at most `max` bytes.
-fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, End> {
+/// frames must be masked, use no reserved bit or opcode, and announce a 64-bit length
+/// with the most significant bit clear; control frames must be final and at most 125
+/// bytes; a data frame may carry at most `max` bytes.
+fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        return Err(End::Close(WS_PROTOCOL_ERROR));
+        return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
+    if !matches!(opcode, 0x0..=0x2 | 0x8..=0xA) {
+        return Err(FrameError::ReservedOpcode(opcode));
+    }
     if b1 & 0x80 == 0 {
-        return Err(End::Close(WS_PROTOCOL_ERROR));
+        return Err(FrameError::Unmasked);
     }
     let (len, at) = match b1 & 0x7f {
         126 => match buf.get(2..4) {
@@ -99,7 +125,11 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, End> {
             Some(b) => {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(b);
-                (u64::from_be_bytes(a), 10)
+                let len = u64::from_be_bytes(a);
+                if len >> 63 != 0 {
+                    return Err(FrameError::LengthTopBit);
+                }
+                (len, 10)
             }
             None => return Ok(None),
         },
@@ -110,13 +140,13 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, End> {
     };
     let len = if opcode & 0x8 != 0 {
         if !fin || len > 125 {
-            return Err(End::Close(WS_PROTOCOL_ERROR));
+            return Err(FrameError::BadControl);
         }
         len as usize
     } else {
         match usize::try_from(len) {
             Ok(l) if l <= max => l,
-            _ => return Err(End::Close(CloseCode::TooLarge.code())),
+            _ => return Err(FrameError::TooLarge),
         }
     };
     Ok(Some(Header {
@@ -135,8 +165,18 @@ pub struct Reader {
     input: Option<BytesMut>,
     /// The message being assembled from continuation frames.
     partial: Option<Vec<u8>>,
+    /// Since when `input` has held an unfinished frame or `partial` a message, in ms on
+    /// [`crate::writer::clock_ms`] (truncated to 32 bits, never 0); 0 while the reader
+    /// holds nothing unfinished. 32-bit fields keep every connection's state small.
+    since: u32,
     /// Largest whole message, in bytes.
-    max: usize,
+    max: u32,
+}
+
+/// [`crate::writer::clock_ms`] truncated to 32 bits (it wraps after 49 days: only
+/// differences are used), never 0.
+fn clock32() -> u32 {
+    (crate::writer::clock_ms() as u32).max(1)
 }
 
 impl Reader {
@@ -151,8 +191,42 @@ impl Reader {
         Reader {
             input,
             partial: None,
-            max,
+            since: 0,
+            max: u32::try_from(max).unwrap_or(u32::MAX),
         }
+    }
+
+    /// How long the reader has been holding an unfinished frame or fragmented message
+    /// (since it found it unfinished), if it is.
+    pub fn unfinished_for(&self) -> Option<Duration> {
+        (self.since != 0)
+            .then(|| Duration::from_millis(u64::from(clock32().wrapping_sub(self.since))))
+    }
+
+    /// Drops unread input, then reads and drops what the socket holds, without framing,
+    /// at most `budget` bytes in all (what was dropped is taken off it). For the end of a
+    /// connection whose framing broke: closing a socket with unread input resets it, and
+    /// the reset can destroy the close frame before the peer reads it.
+    pub fn discard(&mut self, io: &TcpStream, budget: &mut usize) -> Discard {
+        self.partial = None;
+        self.since = 0;
+        let mut buf = self.input.take().unwrap_or_else(pooled);
+        let end = loop {
+            *budget = budget.saturating_sub(buf.len());
+            buf.clear();
+            if *budget == 0 {
+                break Discard::Ended;
+            }
+            match io.try_read_buf(&mut buf) {
+                Ok(0) => break Discard::Ended,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Discard::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break Discard::Ended,
+            }
+        };
+        give_back(buf);
+        end
     }
 
     /// The next complete text message, reading from `io` as needed; `Ok(None)` when
@@ -175,6 +249,9 @@ impl Reader {
                             give_back(b);
                         }
                     }
+                    if self.since == 0 && (self.input.is_some() || self.partial.is_some()) {
+                        self.since = clock32();
+                    }
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -190,7 +267,8 @@ impl Reader {
                 return Ok(None);
             };
             let assembled = self.partial.as_ref().map_or(0, Vec::len);
-            let Some(h) = parse_header(buf, self.max.saturating_sub(assembled))? else {
+            let max = usize::try_from(self.max).unwrap_or(usize::MAX);
+            let Some(h) = parse_header(buf, max.saturating_sub(assembled))? else {
                 return Ok(None);
             };
             if buf.len() < h.size + h.len {
@@ -208,38 +286,38 @@ impl Reader {
                 }
             }
             match h.opcode {
+                0x1 | 0x2 if self.partial.is_some() => return Err(FrameError::Interleaved.into()),
                 0x1 => {
-                    if self.partial.is_some() {
-                        return Err(End::Close(WS_PROTOCOL_ERROR));
-                    }
                     if h.fin {
+                        self.since = 0;
                         return utf8(payload).map(Some);
                     }
                     self.partial = Some(payload);
                 }
                 0x0 => {
                     let Some(mut msg) = self.partial.take() else {
-                        return Err(End::Close(WS_PROTOCOL_ERROR));
+                        return Err(FrameError::StrayContinuation.into());
                     };
                     msg.extend_from_slice(&payload);
                     if h.fin {
+                        self.since = 0;
                         return utf8(msg).map(Some);
                     }
                     self.partial = Some(msg);
                 }
-                0x2 => return Err(End::Close(CloseCode::Unsupported.code())),
+                0x2 => return Err(FrameError::Binary.into()),
                 0x8 => {
-                    let code = match payload.len() {
-                        0 => None,
-                        1 => return Err(End::Close(WS_PROTOCOL_ERROR)),
-                        _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
-                    };
-                    out.close_echo(code);
+                    out.close_echo(peer_close(&payload)?);
                     return Err(End::PeerClosed);
                 }
                 0x9 => out.pong(Bytes::from(payload)),
-                0xA => {}
-                _ => return Err(End::Close(WS_PROTOCOL_ERROR)),
+                // 0xA: parse_header lets no other opcode through.
+                _ => {}
+            }
+            // A control frame outside a fragmented message: nothing is unfinished any
+            // more. A fragmented message stays unfinished, from its first frame on.
+            if self.partial.is_none() {
+                self.since = 0;
             }
         }
     }
@@ -248,7 +326,7 @@ impl Reader {
 fn utf8(msg: Vec<u8>) -> Result<Vec<u8>, End> {
     match std::str::from_utf8(&msg) {
         Ok(_) => Ok(msg),
-        Err(_) => Err(End::Close(CloseCode::InvalidUtf8.code())),
+        Err(_) => Err(FrameError::TextUtf8.into()),
     }
 }
 
@@ -326,37 +404,137 @@ mod tests {
         b.extend(frame(false, 0, &[b'b'; 60]));
         let (msgs, end, _) = read_all(b, 100).await;
         assert!(msgs.is_empty());
-        assert_eq!(end, Some(End::Close(1009)));
+        assert_eq!(end, Some(End::Invalid(FrameError::TooLarge)));
         let (_, end, _) = read_all(frame(true, 1, &[b'a'; 101]), 100).await;
-        assert_eq!(end, Some(End::Close(1009)));
+        assert_eq!(end, Some(End::Invalid(FrameError::TooLarge)));
     }
 
     #[tokio::test]
-    async fn protocol_errors_get_their_codes() {
+    async fn protocol_errors_are_told_apart() {
+        let err = |e| Some(End::Invalid(e));
         let unmasked = vec![0x81, 0x01, b'a'];
-        assert_eq!(read_all(unmasked, 100).await.1, Some(End::Close(1002)));
+        assert_eq!(read_all(unmasked, 100).await.1, err(FrameError::Unmasked));
         let binary = frame(true, 2, b"x");
-        assert_eq!(read_all(binary, 100).await.1, Some(End::Close(1003)));
+        assert_eq!(read_all(binary, 100).await.1, err(FrameError::Binary));
         let bad_utf8 = frame(true, 1, &[0xff, 0xfe]);
-        assert_eq!(read_all(bad_utf8, 100).await.1, Some(End::Close(1007)));
+        assert_eq!(read_all(bad_utf8, 100).await.1, err(FrameError::TextUtf8));
         let stray = frame(true, 0, b"x");
-        assert_eq!(read_all(stray, 100).await.1, Some(End::Close(1002)));
+        let end = read_all(stray, 100).await.1;
+        assert_eq!(end, err(FrameError::StrayContinuation));
         let rsv = {
             let mut f = frame(true, 1, b"x");
             f[0] |= 0x40;
             f
         };
-        assert_eq!(read_all(rsv, 100).await.1, Some(End::Close(1002)));
+        assert_eq!(read_all(rsv, 100).await.1, err(FrameError::ReservedBits));
         let long_ping = frame(true, 9, &[0; 126]);
-        assert_eq!(read_all(long_ping, 1000).await.1, Some(End::Close(1002)));
+        assert_eq!(
+            read_all(long_ping, 1000).await.1,
+            err(FrameError::BadControl)
+        );
+        for op in [3, 7, 0xB, 0xF] {
+            let end = read_all(frame(true, op, b"x"), 100).await.1;
+            assert_eq!(end, err(FrameError::ReservedOpcode(op)));
+        }
+        // A 64-bit length with its top bit set is malformed, not merely too large.
+        let mut top = vec![0x81, 0x80 | 127];
+        top.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+        top.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(read_all(top, 100).await.1, err(FrameError::LengthTopBit));
+        // A new data frame inside a fragmented text message, binary or text.
+        for op in [1, 2] {
+            let mut b = frame(false, 1, b"ab");
+            b.extend(frame(true, op, b"x"));
+            assert_eq!(read_all(b, 100).await.1, err(FrameError::Interleaved));
+        }
     }
 
     #[tokio::test]
-    async fn a_close_is_echoed() {
+    async fn a_valid_close_is_echoed_an_invalid_one_refused() {
         let (msgs, end, out) = read_all(frame(true, 8, &4000u16.to_be_bytes()), 100).await;
         assert!(msgs.is_empty());
         assert_eq!(end, Some(End::PeerClosed));
         assert_eq!(out.close_code(), Some(4000));
+        let (_, end, out) = read_all(frame(true, 8, &[]), 100).await;
+        assert_eq!(end, Some(End::PeerClosed));
+        assert_eq!(out.close_code(), Some(1005));
+        let (_, end, out) = read_all(frame(true, 8, &1005u16.to_be_bytes()), 100).await;
+        assert_eq!(end, Some(End::Invalid(FrameError::InvalidCloseCode(1005))));
+        assert_eq!(out.close_code(), None);
+        let (_, end, _) = read_all(frame(true, 8, &[3]), 100).await;
+        assert_eq!(end, Some(End::Invalid(FrameError::CloseTooShort)));
+        let (_, end, _) = read_all(frame(true, 8, &[3, 232, 0xc3]), 100).await;
+        assert_eq!(end, Some(End::Invalid(FrameError::CloseReasonUtf8)));
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_frame_or_message_is_timed_until_it_completes() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(100, Bytes::new());
+        let first = frame(false, 1, b"ab");
+        let ping = frame(true, 9, b"p");
+        let last = frame(true, 0, b"cd");
+        // Half a frame: unfinished from then on.
+        client.write_all(&first[..3]).await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(r.next(&server, &out).unwrap(), None);
+        let since = r.since;
+        assert_ne!(since, 0);
+        assert!(r.unfinished_for().is_some());
+        // The frame completes, but the message it begins does not, even past a ping.
+        client.write_all(&first[3..]).await.unwrap();
+        client.write_all(&ping).await.unwrap();
+        while r.input.is_some() || r.partial.is_none() {
+            server.readable().await.unwrap();
+            assert_eq!(r.next(&server, &out).unwrap(), None);
+        }
+        assert_eq!(r.since, since);
+        client.write_all(&last).await.unwrap();
+        let msg = loop {
+            server.readable().await.unwrap();
+            if let Some(m) = r.next(&server, &out).unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(msg, b"abcd");
+        assert_eq!(r.unfinished_for(), None);
+    }
+
+    #[tokio::test]
+    async fn discard_drops_input_up_to_the_end_of_the_stream_or_the_budget() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(100, Bytes::new());
+        let mut big = frame(true, 1, &[b'x'; 5000]);
+        big.truncate(3000);
+        client.write_all(&big).await.unwrap();
+        let end = loop {
+            server.readable().await.unwrap();
+            match r.next(&server, &out) {
+                Ok(None) => {}
+                other => break other,
+            }
+        };
+        assert_eq!(end, Err(End::Invalid(FrameError::TooLarge)));
+        client.write_all(&[0; 2000]).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut budget = 1 << 20;
+        while r.discard(&server, &mut budget) == Discard::Pending {
+            server.readable().await.unwrap();
+        }
+        assert_eq!(budget, (1 << 20) - 5000);
+        assert!(r.input.is_none());
+
+        let (mut client, server) = pair().await;
+        client.write_all(&[0; 3000]).await.unwrap();
+        let mut budget = 1000;
+        while r.discard(&server, &mut budget) == Discard::Pending {
+            server.readable().await.unwrap();
+        }
+        assert_eq!(budget, 0);
     }
 
     #[tokio::test]

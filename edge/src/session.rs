@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::error::FrameError;
 use crate::ingress::{self, OnFail};
-use crate::reader::{End, Reader};
+use crate::reader::{Discard, End, Reader};
 use crate::writer::{Flushed, Outbound, Writer};
 use crate::Ctx;
 
@@ -33,6 +34,9 @@ const MAX_LIMITED: u32 = 20;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Input read and dropped after our close frame, at most: what a peer was still sending
+/// (an oversized frame, say) is read so that closing does not reset the connection.
+const CLOSE_DISCARD: usize = 1 << 20;
 
 /// The socket of one connection with its read and write state. Only the session task
 /// touches it.
@@ -114,8 +118,9 @@ impl Link {
     }
 
     /// The next client message, writing queued frames meanwhile. Ends as soon as a close
-    /// was requested.
-    async fn next_message(&mut self) -> Result<Vec<u8>, End> {
+    /// was requested, or when a frame (or fragmented message), once begun, is not
+    /// complete within `frame_timeout`.
+    async fn next_message(&mut self, frame_timeout: Duration) -> Result<Vec<u8>, End> {
         loop {
             if self.out.is_closing() {
                 return Err(End::Closing);
@@ -124,7 +129,22 @@ impl Link {
             if let Some(msg) = self.reader.next(&self.io, &self.out)? {
                 return Ok(msg);
             }
-            self.wait(true).await?;
+            match self.reader.unfinished_for() {
+                None => self.wait(true).await?,
+                // Boxed: only a connection in the middle of a frame needs room for a timer.
+                Some(elapsed) => {
+                    let left = frame_timeout.saturating_sub(elapsed);
+                    Box::pin(self.wait_until(tokio::time::Instant::now() + left)).await?
+                }
+            }
+        }
+    }
+
+    /// [`Link::wait`] for input, up to `deadline`: past it the unfinished frame stalled.
+    async fn wait_until(&mut self, deadline: tokio::time::Instant) -> Result<(), End> {
+        match tokio::time::timeout_at(deadline, self.wait(true)).await {
+            Ok(r) => r,
+            Err(_) => Err(FrameError::Stalled.into()),
         }
     }
 
@@ -146,8 +166,12 @@ impl Link {
     }
 
     /// After the session: writes what is left up to our close frame, then (unless the
-    /// peer closed first) waits briefly for the peer's close.
-    async fn finish(&mut self, peer_closed: bool) {
+    /// peer closed first) ends our side of the stream and reads until the peer's close
+    /// frame or the end of its stream, within [`CLOSE_WAIT`] and [`CLOSE_DISCARD`] bytes,
+    /// so that the socket is not closed on unread input (which would reset it, and a
+    /// reset can destroy the close frame before the peer reads it). After a framing error
+    /// (`broken`) frames cannot be told apart: the input is dropped unparsed.
+    async fn finish(&mut self, peer_closed: bool, broken: bool) {
         let written = tokio::time::timeout(CLOSE_GRACE, async {
             while !self.closed {
                 if self.flush().is_err() {
@@ -163,16 +187,34 @@ impl Link {
         if peer_closed || !matches!(written, Ok(true)) {
             return;
         }
+        // Our close frame is the last thing we send: a peer that waits for the end of
+        // the stream before closing its own gets it now.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.io).await;
+        let mut framed = !broken;
+        let mut budget = CLOSE_DISCARD;
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             loop {
-                match self.reader.next(&self.io, &self.out) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        if self.io.readable().await.is_err() {
-                            return;
+                if framed {
+                    match self.reader.next(&self.io, &self.out) {
+                        Ok(Some(msg)) => {
+                            budget = budget.saturating_sub(msg.len());
+                            if budget == 0 {
+                                return;
+                            }
+                            continue;
                         }
+                        Ok(None) => {}
+                        Err(End::Invalid(_)) => {
+                            framed = false;
+                            continue;
+                        }
+                        Err(_) => return,
                     }
-                    Err(_) => return,
+                } else if self.reader.discard(&self.io, &mut budget) == Discard::Ended {
+                    return;
+                }
+                if self.io.readable().await.is_err() {
+                    return;
                 }
             }
         })
@@ -218,11 +260,16 @@ async fn finish_session(mut link: Link, session: Session, end: End) {
     let (ctx, conn, out) = (session.ctx.clone(), session.conn, session.out.clone());
     match end {
         End::Close(code) => out.close(code),
+        End::Invalid(e) => {
+            tracing::debug!(conn, error = %e, "frame refused");
+            out.close(e.close_code());
+        }
         End::Closing | End::PeerClosed => {}
         End::Gone => out.finish(1006),
     }
     if end != End::Gone {
-        link.finish(end == End::PeerClosed).await;
+        let broken = matches!(end, End::Invalid(_));
+        link.finish(end == End::PeerClosed, broken).await;
     }
     if let Some(src) = &session.src {
         ctx.hub().remove(conn);
@@ -275,7 +322,7 @@ struct Session {
 impl Session {
     async fn run(&mut self, link: &mut Link) -> End {
         if self.ctx.is_draining() {
-            return End::Close(CloseCode::Restart.code());
+            return End::Close(CloseCode::Restart);
         }
         // Boxed: the hello phase's state is freed once the connection is open.
         let _tenant_slot = match Box::pin(self.hello(link)).await {
@@ -283,7 +330,7 @@ impl Session {
             Err(end) => return end,
         };
         loop {
-            let bytes = match link.next_message().await {
+            let bytes = match link.next_message(self.ctx.config.frame_timeout).await {
                 Ok(b) => b,
                 Err(end) => return end,
             };
@@ -310,28 +357,29 @@ impl Session {
         let origin = self.origin.take();
         let origin = origin.as_deref();
         let cfg = &self.ctx.config;
-        let bytes = match tokio::time::timeout(cfg.hello_timeout, link.next_message()).await {
-            Err(_) => return Err(End::Close(CloseCode::Unauthorized.code())),
+        let next = link.next_message(cfg.frame_timeout);
+        let bytes = match tokio::time::timeout(cfg.hello_timeout, next).await {
+            Err(_) => return Err(End::Close(CloseCode::Unauthorized)),
             Ok(r) => r?,
         };
         metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
         let Ok(ClientFrame::Hello { token }) = ClientFrame::decode(&bytes) else {
-            return Err(End::Close(CloseCode::Unauthorized.code()));
+            return Err(End::Close(CloseCode::Unauthorized));
         };
         let claims = match self.ctx.verifier.verify(&token) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(conn = self.conn, error = %e, "token refused");
-                return Err(End::Close(CloseCode::Unauthorized.code()));
+                return Err(End::Close(CloseCode::Unauthorized));
             }
         };
         if !claims.origin_allowed(origin) {
             tracing::debug!(conn = self.conn, origin, "origin refused");
-            return Err(End::Close(CloseCode::Unauthorized.code()));
+            return Err(End::Close(CloseCode::Unauthorized));
         }
         let Some(tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
             tracing::info!(conn = self.conn, tenant = %claims.tid, "tenant connection cap reached");
-            return Err(End::Close(CloseCode::RateLimited.code()));
+            return Err(End::Close(CloseCode::RateLimited));
         };
         let src = Source {
             edge: self.ctx.edge_id.clone(),
@@ -359,7 +407,7 @@ impl Session {
             .during(tokio::time::timeout(cfg.core_timeout, registered))
             .await?;
         if !matches!(registered, Ok(Ok(true))) {
-            return Err(End::Close(CloseCode::Unavailable.code()));
+            return Err(End::Close(CloseCode::Unavailable));
         }
         let hello = Ingress::Hello { src: src.clone() };
         if self
@@ -368,14 +416,14 @@ impl Session {
             .ingress(&hello, src.principal, Some(OnFail::Close(self.out.clone())))
             .is_err()
         {
-            return Err(End::Close(CloseCode::Unavailable.code()));
+            return Err(End::Close(CloseCode::Unavailable));
         }
         let welcomed = link
             .during(tokio::time::timeout(cfg.core_timeout, welcomed))
             .await?;
         if !matches!(welcomed, Ok(Ok(()))) {
             tracing::warn!(conn = self.conn, "core-api did not answer hello in time");
-            return Err(End::Close(CloseCode::Unavailable.code()));
+            return Err(End::Close(CloseCode::Unavailable));
         }
         tracing::debug!(
             conn = self.conn,
@@ -415,7 +463,7 @@ impl Session {
                 self.bad += 1;
                 metrics::counter!("relaydesk_edge_bad_frames_total").increment(1);
                 if self.bad >= MAX_BAD_FRAMES {
-                    return Some(Step::End(End::Close(CloseCode::ProtocolViolation.code())));
+                    return Some(Step::End(End::Close(CloseCode::ProtocolViolation)));
                 }
                 self.error(client_id_of(bytes), None, e.code(), &e.to_string());
                 return None;
@@ -436,7 +484,7 @@ impl Session {
                     self.limited += 1;
                     metrics::counter!("relaydesk_edge_rate_limited_total").increment(1);
                     if self.limited > MAX_LIMITED {
-                        return Some(Step::End(End::Close(CloseCode::RateLimited.code())));
+                        return Some(Step::End(End::Close(CloseCode::RateLimited)));
                     }
                     let retry_after_ms = u64::try_from(limited.retry_after.as_millis())
                         .unwrap_or(u64::MAX)
@@ -489,7 +537,7 @@ impl Session {
             ClientFrame::Sub { conv, after } => {
                 let after = after.unwrap_or(0);
                 let Some(ack) = ctx.hub().begin_sub(self.conn, conv, after, Instant::now()) else {
-                    return Some(Step::End(End::Close(CloseCode::Unavailable.code())));
+                    return Some(Step::End(End::Close(CloseCode::Unavailable)));
                 };
                 return Some(Step::Sub { conv, after, ack });
             }

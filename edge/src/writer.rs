@@ -128,7 +128,7 @@ impl std::fmt::Debug for Outbound {
 }
 
 /// Milliseconds since the first call in this process: a cheap clock for liveness.
-fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -164,7 +164,7 @@ impl Outbound {
         if s.bytes.saturating_add(frame.len()) > self.inner.limit {
             drop(s);
             metrics::counter!("relaydesk_edge_slow_consumer_closes_total").increment(1);
-            self.close_discarding(CloseCode::SlowConsumer.code());
+            self.close_discarding(CloseCode::SlowConsumer);
             return false;
         }
         s.bytes += frame.len();
@@ -198,19 +198,21 @@ impl Outbound {
     }
 
     /// Closes after everything already queued has been written.
-    pub fn close(&self, code: u16) {
-        self.set_close(code, code, false);
+    pub fn close(&self, code: CloseCode) {
+        self.set_close(code.code(), code.code(), false);
     }
 
     /// Closes now: drops everything queued, then writes the close frame.
-    pub fn close_discarding(&self, code: u16) {
-        self.set_close(code, code, true);
+    pub fn close_discarding(&self, code: CloseCode) {
+        self.set_close(code.code(), code.code(), true);
     }
 
-    /// Answers the peer's close frame with its code (1000 when it gave none).
-    /// The connection's code is the peer's (1005, "no status", when it gave none).
+    /// Answers the peer's close frame with its code, which the reader checked
+    /// (`crate::error::peer_close`), or 1000 when it gave none. The connection's code is
+    /// the peer's (1005, "no status", when it gave none: recorded, never sent).
     pub fn close_echo(&self, code: Option<u16>) {
-        self.set_close(code.unwrap_or(1005), code.unwrap_or(1000), false);
+        let send = code.unwrap_or(CloseCode::Normal.code());
+        self.set_close(code.unwrap_or(1005), send, false);
     }
 
     /// Records `code` as the connection's close code (unless one is set) and queues a
@@ -486,7 +488,7 @@ pub(crate) async fn run_heartbeats(ctx: Arc<Ctx>, stop: CancellationToken) {
             }
             if out.silent_for() >= heartbeat.saturating_mul(2) {
                 silent += 1;
-                out.close(CloseCode::GoingAway.code());
+                out.close(CloseCode::GoingAway);
             } else {
                 out.ping();
             }
@@ -530,8 +532,8 @@ mod tests {
     fn graceful_close_keeps_queued_frames_first() {
         let out = Outbound::new(100);
         assert!(out.send(Bytes::from_static(b"a")));
-        out.close(4501);
-        out.close(1000);
+        out.close(CloseCode::Unauthorized);
+        out.close(CloseCode::Normal);
         assert_eq!(out.close_code(), Some(4501));
         assert_eq!(taken(&out), ["a", "close 4501"]);
         assert!(taken(&out).is_empty());
@@ -566,7 +568,7 @@ mod tests {
         for _ in 0..frames {
             assert!(out.send(body.clone()));
         }
-        out.close(1000);
+        out.close(CloseCode::Normal);
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let mut client = client;

@@ -587,8 +587,10 @@ fn reconnect_after(code: u16) -> bool {
     [
         CloseCode::Normal,
         CloseCode::GoingAway,
+        CloseCode::ProtocolError,
         CloseCode::Unsupported,
         CloseCode::InvalidUtf8,
+        CloseCode::PolicyViolation,
         CloseCode::TooLarge,
         CloseCode::Restart,
         CloseCode::SlowConsumer,

@@ -1,6 +1,7 @@
 //! The system-test harness: a real stack (core-api and edges against the private
 //! PostgreSQL and Redis that `cargo xtask test` starts), isolated per test by its own
-//! Redis key prefix and its own tenants, plus HTTP and WebSocket clients.
+//! Redis key prefix and its own tenants, plus HTTP and WebSocket clients: a protocol v1
+//! client ([`Ws`]) and a raw-socket peer that writes frames by hand ([`RawWs`]).
 
 #![allow(dead_code)]
 
@@ -645,4 +646,285 @@ impl Ws {
         assert_eq!(welcome["t"], "welcome", "{welcome}");
         welcome
     }
+}
+
+/// A complete WebSocket upgrade request for `/v1/ws`.
+pub const UPGRADE: &str = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Reads from `s` until the peer closes (EOF or reset) or `limit` passes; returns what
+/// was read and whether the peer closed.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// WebSocket opcodes (RFC 6455 section 5.2).
+pub mod op {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+}
+
+/// A masked client frame written by hand (RFC 6455 section 5.2), its length in the
+/// shortest form.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A client close frame with `code` and `reason`.
+pub fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    client_frame(true, op::CLOSE, &payload)
+}
+
+/// How a [`RawWs`] connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// The code of the edge's close frame; `None` when the stream ended without one (or
+    /// the frame had no code).
+    pub code: Option<u16>,
+    /// The stream ended with a reset rather than an orderly end.
+    pub reset: bool,
+}
+
+impl Ending {
+    /// A close frame with `code`, then an orderly end of the stream.
+    pub fn clean(code: u16) -> Ending {
+        Ending {
+            code: Some(code),
+            reset: false,
+        }
+    }
+}
+
+/// A WebSocket peer on a raw TCP socket: the upgrade and every frame are written by hand,
+/// server frames parsed by hand, so that it can send what no client library would.
+pub struct RawWs {
+    pub tcp: tokio::net::TcpStream,
+    /// Read but not yet parsed.
+    input: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects to the edge at `addr` (`host:port`) and upgrades with [`UPGRADE`].
+    pub async fn upgrade(addr: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tcp_connect(addr, None, None).await.expect("connect");
+        tcp.write_all(UPGRADE.as_bytes())
+            .await
+            .expect("upgrade request");
+        let mut input = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("upgrade answer in time")
+                .expect("upgrade answer");
+            assert!(n > 0, "closed during the upgrade");
+            input.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&input[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        input.drain(..end);
+        RawWs { tcp, input }
+    }
+
+    /// Upgrades, then authenticates with `token` and reads the `welcome`.
+    pub async fn hello(addr: &str, token: &str) -> RawWs {
+        let mut ws = RawWs::upgrade(addr).await;
+        let hello = json!({"t": "hello", "token": token}).to_string();
+        ws.send(&client_frame(true, op::TEXT, hello.as_bytes()))
+            .await;
+        match ws.next_frame().await {
+            Some((op::TEXT, payload)) => {
+                let v: Value = serde_json::from_slice(&payload).expect("json");
+                assert_eq!(v["t"], "welcome", "{v}");
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        ws
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more input, before `deadline`, writing one byte of `trickle` per tick of its
+    /// interval meanwhile; `Err(reset)` when the stream ended (`reset`: by a reset).
+    async fn fill(
+        &mut self,
+        trickle: &mut Option<Trickle<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), bool> {
+        loop {
+            let mut buf = [0u8; 4096];
+            match self.tcp.try_read(&mut buf) {
+                Ok(0) => return Err(false),
+                Ok(n) => {
+                    self.input.extend_from_slice(&buf[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.kind() == std::io::ErrorKind::ConnectionReset),
+            }
+            let tcp = &self.tcp;
+            tokio::select! {
+                r = tcp.readable() => {
+                    if r.is_err() {
+                        return Err(false);
+                    }
+                }
+                _ = async {
+                    match trickle.as_mut() {
+                        Some(t) if t.sent < t.bytes.len() => {
+                            t.every.tick().await;
+                            if tcp.try_write(&t.bytes[t.sent..=t.sent]).is_ok() {
+                                t.sent += 1;
+                            }
+                        }
+                        _ => std::future::pending().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("timed out reading from the edge"),
+            }
+        }
+    }
+
+    /// The next server frame as (opcode, payload), within [`WAIT`], skipping the edge's
+    /// heartbeat pings (which come at any time); `None` when the stream ended first.
+    /// Server frames are unmasked and, from the edge, unfragmented.
+    pub async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            match self.next_or_end().await {
+                Ok((op::PING, _)) => {}
+                Ok(frame) => return Some(frame),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn next_or_end(&mut self) -> Result<(u8, Vec<u8>), bool> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        self.next_or_end_trickling(&mut None, deadline).await
+    }
+
+    async fn next_or_end_trickling(
+        &mut self,
+        trickle: &mut Option<Trickle<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u8, Vec<u8>), bool> {
+        loop {
+            if let Some((opcode, len, at)) = server_header(&self.input) {
+                if self.input.len() >= at + len {
+                    let payload = self.input[at..at + len].to_vec();
+                    self.input.drain(..at + len);
+                    return Ok((opcode, payload));
+                }
+            }
+            self.fill(trickle, deadline).await?;
+        }
+    }
+
+    /// Reads up to the edge's close frame (skipping other frames), then to the end of
+    /// the stream, all within [`WAIT`]: the close code and whether the stream was reset.
+    pub async fn ending(&mut self) -> Ending {
+        self.ending_trickling(&mut None).await
+    }
+
+    /// Like [`RawWs::ending`], writing one byte of `bytes` every `every` meanwhile (a
+    /// slowloris); also returns how many were written.
+    pub async fn ending_while_trickling(
+        &mut self,
+        bytes: &[u8],
+        every: Duration,
+    ) -> (Ending, usize) {
+        let mut trickle = Some(Trickle {
+            bytes,
+            sent: 0,
+            every: tokio::time::interval(every),
+        });
+        let ending = self.ending_trickling(&mut trickle).await;
+        (ending, trickle.map_or(0, |t| t.sent))
+    }
+
+    async fn ending_trickling(&mut self, trickle: &mut Option<Trickle<'_>>) -> Ending {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let code = loop {
+            match self.next_or_end_trickling(trickle, deadline).await {
+                Ok((op::CLOSE, payload)) => {
+                    break match payload[..] {
+                        [a, b, ..] => Some(u16::from_be_bytes([a, b])),
+                        _ => None,
+                    }
+                }
+                Ok(_) => {}
+                Err(reset) => return Ending { code: None, reset },
+            }
+        };
+        loop {
+            self.input.clear();
+            if let Err(reset) = self.fill(trickle, deadline).await {
+                return Ending { code, reset };
+            }
+        }
+    }
+}
+
+/// Bytes written one per tick while a [`RawWs`] reads.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    sent: usize,
+    every: tokio::time::Interval,
+}
+
+/// The header of the server frame at the start of `buf`: opcode, payload length and
+/// header length; `None` while incomplete.
+fn server_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+    let (len, at) = match b1 & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        n => (usize::from(n), 2),
+    };
+    Some((b0 & 0x0f, len, at))
 }
