@@ -30,8 +30,10 @@ pub struct Config {
     /// Most entries read from each shard per batch (`BATCH_SIZE`, default 256).
     pub batch_size: u64,
     /// Commit tasks of the ingress consumer, each owning a disjoint set of shards, so
-    /// that this many batches commit at once (`COMMIT_WORKERS`, default 4; at most
-    /// `INGRESS_SHARDS`, and fewer than `DATABASE_POOL`).
+    /// that this many batches commit at once (`COMMIT_WORKERS`, default 1; at most
+    /// `INGRESS_SHARDS`, and fewer than `DATABASE_POOL`). One worker's batches group
+    /// the most messages per transaction, which is what PostgreSQL's CPU per message
+    /// depends on (docs/benchmarks.md); more help only where PostgreSQL has idle cores.
     pub commit_workers: usize,
     /// Approximate bound of each edge's egress stream (`EGRESS_MAXLEN`, default 100000).
     pub egress_maxlen: u64,
@@ -82,7 +84,7 @@ impl Config {
             core_id: format!("core-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             claim_idle: Duration::from_secs(10),
             batch_size: 256,
-            commit_workers: 4,
+            commit_workers: 1,
             egress_maxlen: 100_000,
             connect_token_ttl: Duration::from_secs(3600),
             session_ttl: Duration::from_secs(12 * 3600),

@@ -117,16 +117,24 @@ fn validate(m: &NewMessage) -> Result<()> {
     }
 }
 
-/// `SELECT` of what [`conv_ref`] reads, from `conversations c` joined with
-/// `support_types s` (a macro, so that statements built on it are `const`).
+/// `SELECT` of what [`conv_ref`] reads (then the columns `$extra` adds), from
+/// `conversations c` joined with `support_types s` (a macro, so that statements built on
+/// it are `const`).
 macro_rules! conv_select {
     () => {
-        "SELECT c.id, c.visitor_id, c.assignee_id, c.status, c.last_seq,
+        conv_select!("")
+    };
+    ($extra:literal) => {
+        concat!(
+            "SELECT c.id, c.visitor_id, c.assignee_id, c.status, c.last_seq,
     ARRAY(SELECT p.agent_id FROM participants p
            WHERE p.tenant_id = c.tenant_id AND p.conversation_id = c.id AND p.left_at IS NULL),
-    c.resolved_at IS NOT NULL AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now()
+    c.resolved_at IS NOT NULL AND c.resolved_at + make_interval(secs => s.reopen_window_secs) > now()",
+            $extra,
+            "
   FROM conversations c
   JOIN support_types s ON s.tenant_id = c.tenant_id AND s.key = c.support_type"
+        )
     };
 }
 
@@ -217,22 +225,36 @@ fn refused(e: Error) -> Outcome {
 /// Locks a tenant's conversations of a batch (statement 1 of a batch). `$2` arrives
 /// sorted and deduplicated; each id is one primary-key probe (`LATERAL`), taken in the
 /// array's order, so concurrent batches lock in id order and never deadlock, and no plan
-/// can trade the probes for a scan of the tenant's conversations.
+/// can trade the probes for a scan of the tenant's conversations. Besides what
+/// [`conv_ref`] reads, each row gives what [`COMMIT_SQL`] needs of its conversation
+/// ([`Head`]), which the lock keeps as read until the batch commits.
 pub const LOCK_SQL: &str = concat!(
     "SELECT l.* FROM unnest($2::uuid[]) AS k(id) CROSS JOIN LATERAL (",
-    conv_select!(),
+    conv_select!(
+        ", c.first_response_at IS NULL, c.support_type, extract(epoch FROM c.created_at)::float8"
+    ),
     " WHERE c.tenant_id = $1 AND c.id = k.id FOR NO KEY UPDATE OF c) l"
 );
+
+/// What the commit needs of a locked conversation (from [`LOCK_SQL`]).
+#[derive(Debug, Clone)]
+struct Head {
+    last_seq: i64,
+    /// No staff reply yet: the first one stops the first-response clock.
+    unanswered: bool,
+    support_type: String,
+    /// Seconds since the epoch.
+    created: f64,
+}
 
 /// Dedupes, allocates seqs, inserts, advances `last_seq`, stops first-response clocks
 /// and writes `message.created` webhook events, for one tenant's admitted sends
 /// (statement 2 of a batch; its conversations are locked by [`LOCK_SQL`], so its
-/// snapshot, taken after the lock, sees every committed duplicate and the true
-/// `last_seq`).
+/// snapshot, taken after the lock, sees every committed duplicate, and the `last_seq`
+/// each key carries (`$12`, with `$13`–`$15`, read by the lock) is still the true one).
 ///
-/// Every read is driven by the batch's keys: the dedupe probe and the `last_seq` read
-/// are `LATERAL` lookups on a unique index with every column bound, and the update
-/// finds its rows by primary key, so a batch costs the same whatever the tenant's
+/// Every read is driven by the batch's keys: the dedupe probe is a `LATERAL` lookup on
+/// a unique index with every column bound, and the update finds its rows by primary key, so a batch costs the same whatever the tenant's
 /// history or the statistics say (`tests/history.rs` checks the plans on a tenant with
 /// a million unanalyzed messages). The update changes no indexed column (`updated_at`,
 /// which orders the conversation list, follows messages at a 10 s resolution), so with
@@ -244,8 +266,10 @@ pub const LOCK_SQL: &str = concat!(
 pub const COMMIT_SQL: &str = "WITH
 k AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::jsonb[], $9::uuid[], $10::bool[])
-           WITH ORDINALITY AS k(conv, sender, role, name, client, kind, body, id, reply, ord)
+                         $8::jsonb[], $9::uuid[], $10::bool[], $12::int8[], $13::bool[],
+                         $14::text[], $15::float8[])
+           WITH ORDINALITY AS k(conv, sender, role, name, client, kind, body, id, reply, base,
+                                unanswered, support_type, conv_created, ord)
 ),
 clock AS (SELECT (extract(epoch FROM now()) * 1000)::int8 AS ms),
 found AS (
@@ -257,10 +281,8 @@ found AS (
               AND m.sender_id = k.sender AND m.client_msg_id = k.client) m
 ),
 fresh AS (
-    SELECT k.*, c.last_seq + row_number() OVER (PARTITION BY k.conv ORDER BY k.ord) AS seq,
-           c.first_response_at IS NULL AS unanswered, c.support_type, c.created_at AS conv_created
-      FROM k CROSS JOIN LATERAL (
-           SELECT * FROM conversations c WHERE c.tenant_id = $1 AND c.id = k.conv) c
+    SELECT k.*, k.base + row_number() OVER (PARTITION BY k.conv ORDER BY k.ord) AS seq
+      FROM k
      WHERE k.ord NOT IN (SELECT ord FROM found)
 ),
 inserted AS (
@@ -303,7 +325,7 @@ SELECT f.ord, f.seq, f.id, true, NULL, NULL, NULL, NULL, clock.ms, NULL, NULL
   FROM fresh f, clock
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, h.support_type,
-       extract(epoch FROM now() - h.conv_created)::float8
+       extract(epoch FROM now())::float8 - h.conv_created
   FROM heads h WHERE h.first_reply";
 
 async fn commit_tenant(
@@ -329,6 +351,18 @@ async fn commit_tenant(
     let (_, rows) =
         futures::try_join!(tx.execute(&set, &set_params), tx.query(&lock, &lock_params))?;
     let convs: HashMap<Uuid, ConvRef> = rows.iter().map(|r| (r.get(0), conv_ref(r))).collect();
+    let heads: HashMap<Uuid, Head> = rows
+        .iter()
+        .map(|r| {
+            let head = Head {
+                last_seq: r.get(4),
+                unanswered: r.get(7),
+                support_type: r.get(8),
+                created: r.get(9),
+            };
+            (r.get(0), head)
+        })
+        .collect();
 
     // 2. Access, and the batch's own duplicates (a resend within one batch): the first
     // of each key goes to the database, the others take its outcome.
@@ -373,7 +407,7 @@ async fn commit_tenant(
     }
 
     // 3. Dedupe, allocate, insert, advance: one statement.
-    let cols = Columns::of(batch, &admitted);
+    let cols = Columns::of(batch, &admitted, &heads)?;
     let commit = tx.prepare_cached(COMMIT_SQL).await?;
     let rows = tx
         .query(
@@ -390,6 +424,10 @@ async fn commit_tenant(
                 &cols.id,
                 &cols.reply,
                 &crate::events::hook::MESSAGE_CREATED,
+                &cols.base,
+                &cols.unanswered,
+                &cols.support_type,
+                &cols.created,
             ],
         )
         .await?;
@@ -458,10 +496,19 @@ struct Columns<'a> {
     id: Vec<Uuid>,
     /// Counts as the first response of its conversation (a staff text, not a blast).
     reply: Vec<bool>,
+    /// Of the message's conversation ([`Head`]).
+    base: Vec<i64>,
+    unanswered: Vec<bool>,
+    support_type: Vec<&'a str>,
+    created: Vec<f64>,
 }
 
 impl<'a> Columns<'a> {
-    fn of(batch: &'a [NewMessage], admitted: &[usize]) -> Self {
+    fn of(
+        batch: &'a [NewMessage],
+        admitted: &[usize],
+        heads: &'a HashMap<Uuid, Head>,
+    ) -> Result<Self> {
         let n = admitted.len();
         let mut k = Columns {
             conv: Vec::with_capacity(n),
@@ -473,9 +520,23 @@ impl<'a> Columns<'a> {
             body: Vec::with_capacity(n),
             id: Vec::with_capacity(n),
             reply: Vec::with_capacity(n),
+            base: Vec::with_capacity(n),
+            unanswered: Vec::with_capacity(n),
+            support_type: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
         };
         for &i in admitted {
             let m = &batch[i];
+            let Some(head) = heads.get(&m.conv) else {
+                return Err(Error::Internal(format!(
+                    "conversation {} admitted without its lock",
+                    m.conv
+                )));
+            };
+            k.base.push(head.last_seq);
+            k.unanswered.push(head.unanswered);
+            k.support_type.push(head.support_type.as_str());
+            k.created.push(head.created);
             k.conv.push(m.conv);
             k.sender.push(m.from.id);
             k.role.push(m.from.role.as_str());
@@ -487,7 +548,7 @@ impl<'a> Columns<'a> {
             k.reply
                 .push(m.from.role.is_staff() && m.kind == "text" && !m.broadcast);
         }
-        k
+        Ok(k)
     }
 }
 

@@ -177,6 +177,10 @@ async fn assert_plans(stack: &Stack, big: &Tenant, visitor: Uuid, convs: &[Uuid]
     let body: Vec<Value> = vec![json!({"text": "x"}); n];
     let id: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let reply: Vec<bool> = vec![false; n];
+    let base: Vec<i64> = vec![PER_CONVERSATION; n];
+    let unanswered: Vec<bool> = vec![true; n];
+    let support_type: Vec<&str> = vec!["default"; n];
+    let created: Vec<f64> = vec![0.0; n];
     let event = "message.created";
     let principals = vec![visitor];
     let seqs: Vec<i64> = vec![5; n];
@@ -190,7 +194,21 @@ async fn assert_plans(stack: &Stack, big: &Tenant, visitor: Uuid, convs: &[Uuid]
         "commit",
         store::COMMIT_SQL,
         &[
-            &t, &conv, &sender, &role, &name, &client, &kind, &body, &id, &reply, &event,
+            &t,
+            &conv,
+            &sender,
+            &role,
+            &name,
+            &client,
+            &kind,
+            &body,
+            &id,
+            &reply,
+            &event,
+            &base,
+            &unanswered,
+            &support_type,
+            &created,
         ],
     )
     .await;
