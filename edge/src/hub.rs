@@ -51,6 +51,10 @@ pub struct SubOrder {
     replay_since: Option<Instant>,
     /// The buffer overflowed: repair now.
     overflow: bool,
+    /// core-api let the connection read this conversation (a welcome or auto-sub, or the
+    /// answer to its `sub`). Until then nothing about the conversation reaches it and its
+    /// `typing`, `read` and `ack` for it are refused, so no frame races core-api's answer.
+    granted: bool,
 }
 
 impl SubOrder {
@@ -65,14 +69,21 @@ impl SubOrder {
             gap_since: None,
             replay_since: None,
             overflow: false,
+            granted: true,
         }
     }
 
-    /// A subscription waiting for the replay of everything after `after`.
+    /// A subscription asked for by the client, waiting for core-api's answer (not yet
+    /// granted) and then for the replay of everything after `after`.
     pub fn replaying(after: u64, visitor: bool, announce: bool, now: Instant) -> Self {
         let mut s = SubOrder::live(after, visitor);
+        s.granted = false;
         s.begin_replay(after, announce, now);
         s
+    }
+
+    pub fn is_granted(&self) -> bool {
+        self.granted
     }
 
     /// A (new) `sub` with `after`: replay from there, buffering live frames meanwhile.
@@ -405,6 +416,16 @@ impl Hub {
         }
     }
 
+    /// Whether core-api has granted `conn` the conversation (see [`SubOrder`]'s
+    /// `granted`): a `sub` still awaiting its answer does not count.
+    pub fn is_granted(&self, conn: u64, conv: Uuid) -> bool {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.subs.get(&conv))
+            .is_some_and(SubOrder::is_granted)
+    }
+
+    /// Whether `conn` has asked for (or been given) the conversation, granted or not.
     pub fn is_subscribed(&self, conn: u64, conv: Uuid) -> bool {
         self.conns
             .get(&conn)
@@ -561,6 +582,8 @@ impl Hub {
         let Some(sub) = c.subs.get_mut(&conv) else {
             return;
         };
+        // core-api replays only what the principal may read: the answer grants it.
+        sub.granted = true;
         let mut out = Vec::new();
         sub.on_replay(conv, head, items, done, now, &mut out);
         c.push_all(out, limit);
@@ -645,6 +668,7 @@ impl Hub {
             if c.src.tenant != tenant
                 || Some(c.src.principal) == exclude
                 || (agents_only && c.visitor())
+                || !c.subs.get(&conv).is_some_and(SubOrder::is_granted)
             {
                 continue;
             }
@@ -913,6 +937,9 @@ mod tests {
         hub.welcome(1, &[]);
         let _ack = hub.begin_sub(1, conv, 0, Instant::now());
         assert!(hub.is_subscribed(1, conv));
+        // Not granted until core-api answers: events of the conversation skip it.
+        assert!(!hub.is_granted(1, conv));
+        hub.event(t, conv, None, false, &Bytes::from("typing"));
         let err = ServerFrame::Error {
             id: None,
             conv: Some(conv),
@@ -922,6 +949,40 @@ mod tests {
         };
         hub.reply(1, Bytes::from(err.to_json()));
         assert!(!hub.is_subscribed(1, conv));
-        assert_eq!(o.drain_texts().len(), 2);
+        assert_eq!(o.drain_texts().len(), 2, "the welcome and the refusal only");
+    }
+
+    #[test]
+    fn the_answer_to_a_sub_grants_it() {
+        let (reg, _rx) = Registrar::channel();
+        let mut hub = Hub::new(reg, 1 << 20);
+        let (t, conv) = (Uuid::new_v4(), Uuid::new_v4());
+        let o = Outbound::new(1 << 20);
+        let _ = hub.register(
+            src(t, Uuid::new_v4(), 1, Role::Agent),
+            o.clone(),
+            Bytes::from("w"),
+        );
+        hub.welcome(1, &[]);
+        let _ack = hub.begin_sub(1, conv, 0, Instant::now());
+        assert!(!hub.is_granted(1, conv));
+        hub.replay(1, conv, 0, &[], true, Instant::now());
+        assert!(hub.is_granted(1, conv));
+        hub.event(t, conv, None, false, &Bytes::from("typing"));
+        let texts = o.drain_texts();
+        assert_eq!(
+            texts.last().map(|b| &b[..]),
+            Some(&b"typing"[..]),
+            "{texts:?}"
+        );
+        // A welcome's subscriptions are granted from the start.
+        let other = Uuid::new_v4();
+        let _ = hub.register(
+            src(t, Uuid::new_v4(), 2, Role::Agent),
+            Outbound::new(1 << 20),
+            Bytes::from("w"),
+        );
+        hub.welcome(2, &[(other, 3)]);
+        assert!(hub.is_granted(2, other));
     }
 }

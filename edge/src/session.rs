@@ -563,12 +563,12 @@ impl Session {
                 );
             }
             ClientFrame::Typing { conv, on } => {
-                if !ctx.hub().is_subscribed(self.conn, conv) {
+                if !ctx.hub().is_granted(self.conn, conv) {
                     self.error(
                         None,
                         Some(conv),
                         ErrorCode::Forbidden,
-                        "not subscribed to this conversation",
+                        "not granted this conversation (sub first, and await subbed)",
                     );
                 } else {
                     typing(&ctx, src, conv, on);
@@ -615,12 +615,12 @@ impl Session {
     }
 
     fn receipt(&self, conv: Uuid, entry: Ingress) {
-        if !self.ctx.hub().is_subscribed(self.conn, conv) {
+        if !self.ctx.hub().is_granted(self.conn, conv) {
             self.error(
                 None,
                 Some(conv),
                 ErrorCode::Forbidden,
-                "not subscribed to this conversation",
+                "not granted this conversation (sub first, and await subbed)",
             );
             return;
         }
