@@ -1,6 +1,6 @@
 //! Authorization on every frame: a connection whose `sub` to a conversation is refused
 //! (or not yet answered) has no effect on it and learns nothing of it, however its
-//! frames are batched.
+//! frames are batched; a participant's receipts behind its `sub` wait for the answer.
 
 #![allow(clippy::unwrap_used)]
 
@@ -99,9 +99,9 @@ async fn refused_principals_cannot_type_read_or_ack_nor_hear_a_conversation() {
             ],
         )
         .await;
-        // Four refusals: the edge's for typing, read and ack, core-api's for the sub.
-        let mut errors = 0;
-        while errors < 4 {
+        // core-api refuses the sub; meanwhile the typing was dropped and the receipts
+        // held, and the refusal drops them.
+        loop {
             let f = next_json(&mut ws).await;
             assert_ne!(
                 f["t"], "subbed",
@@ -114,13 +114,14 @@ async fn refused_principals_cannot_type_read_or_ack_nor_hear_a_conversation() {
                     ["forbidden", "not_found"].contains(&f["code"].as_str().unwrap()),
                     "{f}"
                 );
-                errors += 1;
+                break;
             }
         }
-        // Refused, and still refused afterwards.
+        // Refused, and refused outright afterwards.
         burst(&mut ws, &[json!({"t": "typing", "conv": conv, "on": true})]).await;
         let f = next_json(&mut ws).await;
         assert_eq!(f["t"], "error", "{f}");
+        assert_eq!(f["code"], "forbidden", "{f}");
         conns.push(ws);
     }
 
@@ -163,6 +164,21 @@ async fn refused_principals_cannot_type_read_or_ack_nor_hear_a_conversation() {
             "a participant received an outsider's frame: {f}"
         );
     }
+    // A participant's receipt written right behind its `sub` is held, not lost: it
+    // takes effect once the sub is granted.
+    let mut again = RawWs::hello(&edges[0], &agent.connect).await;
+    burst(
+        &mut again,
+        &[
+            json!({"t": "sub", "conv": conv, "after": 0}),
+            json!({"t": "read", "conv": conv, "seq": 2}),
+        ],
+    )
+    .await;
+    let read = v.wait_for(|f| f["t"] == "read").await;
+    assert_eq!(read["by"]["id"], json!(agent.id), "{read}");
+    assert_eq!(read["seq"], 2, "{read}");
+
     let receipts: i64 = stack
         .admin_db()
         .await

@@ -238,7 +238,7 @@ fn dispatch(ctx: &Ctx, entries: Vec<Entry>) {
                     head,
                     items,
                     done,
-                } => hub.replay(conn, conv, head, &items, done, now),
+                } => repairs.extend(hub.replay(conn, conv, head, &items, done, now)),
                 Item::Welcome { conn, subs } => hub.welcome(conn, &subs),
                 Item::AutoSub {
                     tenant,
@@ -276,12 +276,18 @@ fn dispatch(ctx: &Ctx, entries: Vec<Entry>) {
     send_repairs(ctx, repairs);
 }
 
+/// Sends what dispatching produced: re-`sub`s repairing gaps (postponed to the next
+/// sweep if the ingress queue is full), and receipts held until a `sub` was granted.
 fn send_repairs(ctx: &Ctx, repairs: Vec<Ingress>) {
     for r in repairs {
-        if let Ingress::Sub { conv, .. } = &r {
-            if ctx.ingress.ingress(&r, *conv, None).is_err() {
-                tracing::debug!("ingress queue full: repair postponed");
+        let conv = match &r {
+            Ingress::Sub { conv, .. } | Ingress::Ack { conv, .. } | Ingress::Read { conv, .. } => {
+                *conv
             }
+            _ => continue,
+        };
+        if ctx.ingress.ingress(&r, conv, None).is_err() {
+            tracing::debug!("ingress queue full: repair or held receipt dropped");
         }
     }
 }

@@ -52,9 +52,25 @@ pub struct SubOrder {
     /// The buffer overflowed: repair now.
     overflow: bool,
     /// core-api let the connection read this conversation (a welcome or auto-sub, or the
-    /// answer to its `sub`). Until then nothing about the conversation reaches it and its
-    /// `typing`, `read` and `ack` for it are refused, so no frame races core-api's answer.
+    /// answer to its `sub`). Until then nothing about the conversation reaches it, and
+    /// nothing it sends about it has an effect: its `typing` is dropped, its `ack` and
+    /// `read` positions are held here and sent once granted (dropped if refused), so no
+    /// frame races core-api's answer.
     granted: bool,
+    /// Highest `ack` and `read` seq received while not granted (0: none).
+    held_ack: u64,
+    held_read: u64,
+}
+
+/// What a connection may do about a conversation ([`Hub::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Granted by core-api.
+    Granted,
+    /// Its `sub` awaits core-api's answer.
+    Pending,
+    /// Never asked for, or refused.
+    Refused,
 }
 
 impl SubOrder {
@@ -70,6 +86,8 @@ impl SubOrder {
             replay_since: None,
             overflow: false,
             granted: true,
+            held_ack: 0,
+            held_read: 0,
         }
     }
 
@@ -419,10 +437,36 @@ impl Hub {
     /// Whether core-api has granted `conn` the conversation (see [`SubOrder`]'s
     /// `granted`): a `sub` still awaiting its answer does not count.
     pub fn is_granted(&self, conn: u64, conv: Uuid) -> bool {
-        self.conns
-            .get(&conn)
-            .and_then(|c| c.subs.get(&conv))
-            .is_some_and(SubOrder::is_granted)
+        self.gate(conn, conv) == Gate::Granted
+    }
+
+    pub fn gate(&self, conn: u64, conv: Uuid) -> Gate {
+        match self.conns.get(&conn).and_then(|c| c.subs.get(&conv)) {
+            Some(s) if s.granted => Gate::Granted,
+            Some(_) => Gate::Pending,
+            None => Gate::Refused,
+        }
+    }
+
+    /// The gate of an `ack` (or `read`) at `seq`; a pending subscription holds the
+    /// position until its answer ([`Hub::replay`] gives it back).
+    pub fn gate_receipt(&mut self, conn: u64, conv: Uuid, seq: u64, read: bool) -> Gate {
+        let gate = self.gate(conn, conv);
+        if gate == Gate::Pending {
+            if let Some(sub) = self
+                .conns
+                .get_mut(&conn)
+                .and_then(|c| c.subs.get_mut(&conv))
+            {
+                let held = if read {
+                    &mut sub.held_read
+                } else {
+                    &mut sub.held_ack
+                };
+                *held = (*held).max(seq);
+            }
+        }
+        gate
     }
 
     /// Whether `conn` has asked for (or been given) the conversation, granted or not.
@@ -565,7 +609,8 @@ impl Hub {
         }
     }
 
-    /// `Egress::Replay`: one chunk answering a `sub` of `conn`.
+    /// `Egress::Replay`: one chunk answering a `sub` of `conn`. Returns the receipts held
+    /// while the `sub` awaited its answer, to send now.
     pub fn replay(
         &mut self,
         conn: u64,
@@ -574,19 +619,42 @@ impl Hub {
         items: &[(u64, Bytes)],
         done: bool,
         now: Instant,
-    ) {
+    ) -> Vec<Ingress> {
         let limit = self.early_limit;
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return Vec::new();
         };
         let Some(sub) = c.subs.get_mut(&conv) else {
-            return;
+            return Vec::new();
         };
-        // core-api replays only what the principal may read: the answer grants it.
-        sub.granted = true;
+        let mut held = Vec::new();
+        if !sub.granted {
+            // core-api replays only what the principal may read: the answer grants it.
+            sub.granted = true;
+            let src = c.src.clone();
+            let (ack, read) = (
+                std::mem::take(&mut sub.held_ack),
+                std::mem::take(&mut sub.held_read),
+            );
+            if ack > 0 {
+                held.push(Ingress::Ack {
+                    src: src.clone(),
+                    conv,
+                    seq: ack,
+                });
+            }
+            if read > 0 {
+                held.push(Ingress::Read {
+                    src,
+                    conv,
+                    seq: read,
+                });
+            }
+        }
         let mut out = Vec::new();
         sub.on_replay(conv, head, items, done, now, &mut out);
         c.push_all(out, limit);
+        held
     }
 
     /// `Egress::AutoSub`: every local connection of (tenant, principal) goes live on
@@ -966,8 +1034,21 @@ mod tests {
         hub.welcome(1, &[]);
         let _ack = hub.begin_sub(1, conv, 0, Instant::now());
         assert!(!hub.is_granted(1, conv));
-        hub.replay(1, conv, 0, &[], true, Instant::now());
+        // Receipts behind the sub are held, the highest of each kind.
+        assert_eq!(hub.gate_receipt(1, conv, 4, true), Gate::Pending);
+        assert_eq!(hub.gate_receipt(1, conv, 3, true), Gate::Pending);
+        assert_eq!(hub.gate_receipt(1, conv, 2, false), Gate::Pending);
+        let held = hub.replay(1, conv, 0, &[], true, Instant::now());
         assert!(hub.is_granted(1, conv));
+        assert!(
+            matches!(
+                held.as_slice(),
+                [Ingress::Ack { seq: 2, .. }, Ingress::Read { seq: 4, .. }]
+            ),
+            "{held:?}"
+        );
+        assert!(hub.replay(1, conv, 0, &[], true, Instant::now()).is_empty());
+        assert_eq!(hub.gate_receipt(1, Uuid::new_v4(), 1, false), Gate::Refused);
         hub.event(t, conv, None, false, &Bytes::from("typing"));
         let texts = o.drain_texts();
         assert_eq!(

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::FrameError;
+use crate::hub::Gate;
 use crate::ingress::{self, OnFail};
 use crate::reader::{Discard, End, Reader};
 use crate::writer::{Flushed, Outbound, Writer};
@@ -543,35 +544,35 @@ impl Session {
             }
             ClientFrame::Unsub { conv } => ctx.hub().unsub(self.conn, conv),
             ClientFrame::Ack { conv, seq } => {
-                self.receipt(
+                let entry = Ingress::Ack {
+                    src: src.clone(),
                     conv,
-                    Ingress::Ack {
-                        src: src.clone(),
-                        conv,
-                        seq,
-                    },
-                );
+                    seq,
+                };
+                self.receipt(conv, seq, false, entry);
             }
             ClientFrame::Read { conv, seq } => {
-                self.receipt(
+                let entry = Ingress::Read {
+                    src: src.clone(),
                     conv,
-                    Ingress::Read {
-                        src: src.clone(),
-                        conv,
-                        seq,
-                    },
-                );
+                    seq,
+                };
+                self.receipt(conv, seq, true, entry);
             }
             ClientFrame::Typing { conv, on } => {
-                if !ctx.hub().is_granted(self.conn, conv) {
-                    self.error(
+                let gate = ctx.hub().gate(self.conn, conv);
+                match gate {
+                    Gate::Granted => typing(&ctx, src, conv, on),
+                    // Ephemeral: dropped rather than raced ahead of core-api's answer.
+                    Gate::Pending => {
+                        metrics::counter!("relaydesk_edge_typing_dropped_total").increment(1);
+                    }
+                    Gate::Refused => self.error(
                         None,
                         Some(conv),
                         ErrorCode::Forbidden,
-                        "not granted this conversation (sub first, and await subbed)",
-                    );
-                } else {
-                    typing(&ctx, src, conv, on);
+                        "not subscribed to this conversation",
+                    ),
                 }
             }
             ClientFrame::Ping => {
@@ -614,15 +615,22 @@ impl Session {
         None
     }
 
-    fn receipt(&self, conv: Uuid, entry: Ingress) {
-        if !self.ctx.hub().is_granted(self.conn, conv) {
-            self.error(
-                None,
-                Some(conv),
-                ErrorCode::Forbidden,
-                "not granted this conversation (sub first, and await subbed)",
-            );
-            return;
+    /// An `ack` or `read` (`entry`, at `seq`): sent on if the conversation is granted,
+    /// held until core-api answers a pending `sub`, refused otherwise.
+    fn receipt(&self, conv: Uuid, seq: u64, read: bool, entry: Ingress) {
+        let gate = self.ctx.hub().gate_receipt(self.conn, conv, seq, read);
+        match gate {
+            Gate::Granted => {}
+            Gate::Pending => return,
+            Gate::Refused => {
+                self.error(
+                    None,
+                    Some(conv),
+                    ErrorCode::Forbidden,
+                    "not subscribed to this conversation",
+                );
+                return;
+            }
         }
         if self
             .ctx
