@@ -21,7 +21,9 @@ mod embedded {
 /// planned once per connection instead of at every execution (re-planning the batch
 /// commit cost more than executing it), and, like every plan here, driven by the keys
 /// bound, not by what the statistics say of a tenant (`tests/history.rs` checks the
-/// hot-path statements' generic plans).
+/// hot-path statements' generic plans). A plan is kept until an ANALYZE of its tables
+/// invalidates it, so plans made on a fresh database's empty tables can scan until
+/// autoanalyze first sees them (`docs/bench/notes.md`).
 pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
     let mut pg: tokio_postgres::Config = database_url
         .parse()

@@ -15,7 +15,9 @@
 //! *Every statement here reaches rows through an index bound by the batch's keys*, never
 //! by a scan of the tenant's rows: their cost does not depend on the tenant's history or
 //! on when PostgreSQL last analyzed it (`tests/history.rs` checks the plans on a tenant
-//! with a million unanalyzed messages).
+//! with a million unanalyzed messages). One exception is not prevented: plans made while
+//! the tables are still empty (a fresh database) may scan until autoanalyze first sees
+//! them and invalidates them (`docs/bench/notes.md`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -236,10 +238,10 @@ pub const LOCK_SQL: &str = concat!(
     " WHERE c.tenant_id = $1 AND c.id = k.id FOR NO KEY UPDATE OF c) l"
 );
 
-/// What the commit needs of a locked conversation (from [`LOCK_SQL`]).
+/// What the commit needs of a locked conversation besides its [`ConvRef`] (the rest of
+/// a [`LOCK_SQL`] row).
 #[derive(Debug, Clone)]
 struct Head {
-    last_seq: i64,
     /// No staff reply yet: the first one stops the first-response clock.
     unanswered: bool,
     support_type: String,
@@ -254,8 +256,8 @@ struct Head {
 /// each key carries (`$12`, with `$13`–`$15`, read by the lock) is still the true one).
 ///
 /// Every read is driven by the batch's keys: the dedupe probe is a `LATERAL` lookup on
-/// a unique index with every column bound, and the update finds its rows by primary key, so a batch costs the same whatever the tenant's
-/// history or the statistics say (`tests/history.rs` checks the plans on a tenant with
+/// a unique index with every column bound, and the update finds its rows by primary
+/// key, so a batch costs the same whatever the tenant's history or the statistics say (`tests/history.rs` checks the plans on a tenant with
 /// a million unanalyzed messages). The update changes no indexed column (`updated_at`,
 /// which orders the conversation list, follows messages at a 10 s resolution), so with
 /// the room `conversations`' fill factor leaves on each page it is a HOT update: one
@@ -350,17 +352,15 @@ async fn commit_tenant(
     let lock_params: [&(dyn ToSql + Sync); 2] = [&tenant, &conv_ids];
     let (_, rows) =
         futures::try_join!(tx.execute(&set, &set_params), tx.query(&lock, &lock_params))?;
-    let convs: HashMap<Uuid, ConvRef> = rows.iter().map(|r| (r.get(0), conv_ref(r))).collect();
-    let heads: HashMap<Uuid, Head> = rows
+    let locked: HashMap<Uuid, (ConvRef, Head)> = rows
         .iter()
         .map(|r| {
             let head = Head {
-                last_seq: r.get(4),
                 unanswered: r.get(7),
                 support_type: r.get(8),
                 created: r.get(9),
             };
-            (r.get(0), head)
+            (r.get(0), (conv_ref(r), head))
         })
         .collect();
 
@@ -371,7 +371,8 @@ async fn commit_tenant(
     let mut repeats = Vec::new();
     for &i in idx {
         let m = &batch[i];
-        let access = match convs.get(&m.conv) {
+        let conv = locked.get(&m.conv).map(|(c, _)| c);
+        let access = match conv {
             None => Err(Error::not_found("conversation")),
             Some(c) if c.status == "resolved" && m.from.role == Role::Visitor && !c.reopenable => {
                 Err(Error::client(
@@ -388,9 +389,7 @@ async fn commit_tenant(
         // A visitor writing to a resolved (within the window) or snoozed conversation
         // reopens it once this batch has committed.
         if m.from.role == Role::Visitor
-            && convs
-                .get(&m.conv)
-                .is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
+            && conv.is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
         {
             wake.push((tenant, m.conv, m.from.id));
         }
@@ -407,7 +406,7 @@ async fn commit_tenant(
     }
 
     // 3. Dedupe, allocate, insert, advance: one statement.
-    let cols = Columns::of(batch, &admitted, &heads)?;
+    let cols = Columns::of(batch, &admitted, &locked)?;
     let commit = tx.prepare_cached(COMMIT_SQL).await?;
     let rows = tx
         .query(
@@ -496,7 +495,7 @@ struct Columns<'a> {
     id: Vec<Uuid>,
     /// Counts as the first response of its conversation (a staff text, not a blast).
     reply: Vec<bool>,
-    /// Of the message's conversation ([`Head`]).
+    /// Of the message's conversation, as locked (`last_seq`, then [`Head`]).
     base: Vec<i64>,
     unanswered: Vec<bool>,
     support_type: Vec<&'a str>,
@@ -507,7 +506,7 @@ impl<'a> Columns<'a> {
     fn of(
         batch: &'a [NewMessage],
         admitted: &[usize],
-        heads: &'a HashMap<Uuid, Head>,
+        locked: &'a HashMap<Uuid, (ConvRef, Head)>,
     ) -> Result<Self> {
         let n = admitted.len();
         let mut k = Columns {
@@ -527,13 +526,13 @@ impl<'a> Columns<'a> {
         };
         for &i in admitted {
             let m = &batch[i];
-            let Some(head) = heads.get(&m.conv) else {
+            let Some((conv, head)) = locked.get(&m.conv) else {
                 return Err(Error::Internal(format!(
                     "conversation {} admitted without its lock",
                     m.conv
                 )));
             };
-            k.base.push(head.last_seq);
+            k.base.push(conv.last_seq);
             k.unanswered.push(head.unanswered);
             k.support_type.push(head.support_type.as_str());
             k.created.push(head.created);

@@ -469,13 +469,6 @@ impl Hub {
         gate
     }
 
-    /// Whether `conn` has asked for (or been given) the conversation, granted or not.
-    pub fn is_subscribed(&self, conn: u64, conv: Uuid) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| c.subs.contains_key(&conv))
-    }
-
     /// core-api's `Welcome`: live subscriptions from each head, then the `welcome` frame,
     /// then whatever was produced for the connection meanwhile.
     pub fn welcome(&mut self, conn: u64, subs: &[(Uuid, u64)]) {
@@ -1004,9 +997,8 @@ mod tests {
         );
         hub.welcome(1, &[]);
         let _ack = hub.begin_sub(1, conv, 0, Instant::now());
-        assert!(hub.is_subscribed(1, conv));
-        // Not granted until core-api answers: events of the conversation skip it.
-        assert!(!hub.is_granted(1, conv));
+        // Asked for, not granted until core-api answers: events of the conversation skip it.
+        assert_eq!(hub.gate(1, conv), Gate::Pending);
         hub.event(t, conv, None, false, &Bytes::from("typing"));
         let err = ServerFrame::Error {
             id: None,
@@ -1016,7 +1008,7 @@ mod tests {
             retry_after_ms: None,
         };
         hub.reply(1, Bytes::from(err.to_json()));
-        assert!(!hub.is_subscribed(1, conv));
+        assert_eq!(hub.gate(1, conv), Gate::Refused);
         assert_eq!(o.drain_texts().len(), 2, "the welcome and the refusal only");
     }
 

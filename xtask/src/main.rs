@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, default_value_t = 2, value_parser = parse_secs)]
         pause: u64,
     },
-    /// Run the standard load suite (about 12 minutes); reports go to docs/bench/ and
+    /// Run the standard load suite (about 10 minutes); reports go to docs/bench/ and
     /// docs/benchmarks.md.
     Bench {
         /// Also sustain chat for 5 minutes at 8,000 msg/s and 10 minutes at 2,000 msg/s
