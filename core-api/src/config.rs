@@ -35,6 +35,12 @@ pub struct Config {
     /// the most messages per transaction, which is what PostgreSQL's CPU per message
     /// depends on (docs/benchmarks.md); more help only where PostgreSQL has idle cores.
     pub commit_workers: usize,
+    /// After an ingress read of fewer than [`crate::consumer::LINGER_BELOW`] entries,
+    /// the next read starts no sooner than this after the previous one started
+    /// (`INGRESS_LINGER_US`, default 5000; 0 reads again at once). Under load, fewer and
+    /// fuller reads mean fuller batches, which is what Redis's, core-api's and
+    /// PostgreSQL's CPU per message depend on; a message waits at most this much longer.
+    pub ingress_linger: Duration,
     /// Approximate bound of each edge's egress stream (`EGRESS_MAXLEN`, default 100000).
     pub egress_maxlen: u64,
     /// Lifetime of connection tokens (`CONNECT_TOKEN_TTL_SECS`, default 3600).
@@ -85,6 +91,7 @@ impl Config {
             claim_idle: Duration::from_secs(10),
             batch_size: 256,
             commit_workers: 1,
+            ingress_linger: Duration::from_millis(5),
             egress_maxlen: 100_000,
             connect_token_ttl: Duration::from_secs(3600),
             session_ttl: Duration::from_secs(12 * 3600),
@@ -149,6 +156,16 @@ impl Config {
                     "must be at least 1 and less than DATABASE_POOL ({})",
                     c.database_pool
                 ),
+            });
+        }
+        c.ingress_linger = Duration::from_micros(parse(
+            "INGRESS_LINGER_US",
+            c.ingress_linger.as_micros() as u64,
+        )?);
+        if c.ingress_linger > Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                name: "INGRESS_LINGER_US",
+                reason: "must be at most 100000 (100 ms)".into(),
             });
         }
         c.egress_maxlen = parse("EGRESS_MAXLEN", c.egress_maxlen)?;

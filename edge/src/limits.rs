@@ -60,6 +60,10 @@ pub struct Limits {
     upgrades: DefaultDirectRateLimiter,
     tenant_sends: DefaultKeyedRateLimiter<Uuid>,
     conn_quota: Quota,
+    /// One calibrated clock for every bucket: creating a clock calibrates the TSC and
+    /// runs CPUID, which costs tens of µs in a virtual machine, so never per connection
+    /// or per `send`.
+    clock: DefaultClock,
 }
 
 /// A held place in a per-key count; released on drop.
@@ -102,6 +106,7 @@ impl Limits {
             upgrades: RateLimiter::direct(per_second(config.upgrades_per_sec)),
             tenant_sends: RateLimiter::keyed(per_second(config.tenant_msgs_per_sec)),
             conn_quota: per_second(config.conn_msgs_per_sec),
+            clock: DefaultClock::default(),
         })
     }
 
@@ -128,20 +133,19 @@ impl Limits {
 
     /// A per-connection `send` bucket.
     pub fn connection_bucket(&self) -> DefaultDirectRateLimiter {
-        RateLimiter::direct(self.conn_quota)
+        RateLimiter::direct_with_clock(self.conn_quota, self.clock.clone())
     }
 
     /// Takes one `send` from the connection's bucket and the tenant's.
     pub fn send(&self, conn: &DefaultDirectRateLimiter, tenant: Uuid) -> Result<(), Limited> {
-        let now = DefaultClock::default().now();
         if let Err(not_until) = conn.check() {
             return Err(Limited {
-                retry_after: not_until.wait_time_from(now),
+                retry_after: not_until.wait_time_from(self.clock.now()),
             });
         }
         if let Err(not_until) = self.tenant_sends.check_key(&tenant) {
             return Err(Limited {
-                retry_after: not_until.wait_time_from(now),
+                retry_after: not_until.wait_time_from(self.clock.now()),
             });
         }
         Ok(())
