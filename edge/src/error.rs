@@ -33,6 +33,8 @@ pub enum FrameError {
     BadControl,
     #[error("64-bit payload length with the most significant bit set")]
     LengthTopBit,
+    #[error("payload length not in its shortest encoding")]
+    LengthNotMinimal,
     #[error("continuation frame outside a fragmented message")]
     StrayContinuation,
     #[error("new data frame inside a fragmented message")]
@@ -62,6 +64,7 @@ impl FrameError {
             | FrameError::ReservedOpcode(_)
             | FrameError::BadControl
             | FrameError::LengthTopBit
+            | FrameError::LengthNotMinimal
             | FrameError::StrayContinuation
             | FrameError::Interleaved
             | FrameError::CloseTooShort

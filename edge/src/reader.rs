@@ -98,8 +98,8 @@ struct Header {
 }
 
 /// Parses the header at the start of `buf`: `Ok(None)` while it is incomplete. Client
-/// frames must be masked, use no reserved bit or opcode, and announce a 64-bit length
-/// with the most significant bit clear; control frames must be final and at most 125
+/// frames must be masked, use no reserved bit or opcode, and announce their length in
+/// its shortest encoding (RFC 6455 5.2), a 64-bit one with the most significant bit clear; control frames must be final and at most 125
 /// bytes; a data frame may carry at most `max` bytes.
 fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
@@ -118,7 +118,10 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     }
     let (len, at) = match b1 & 0x7f {
         126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            Some(b) => match u16::from_be_bytes([b[0], b[1]]) {
+                n if n < 126 => return Err(FrameError::LengthNotMinimal),
+                n => (u64::from(n), 4),
+            },
             None => return Ok(None),
         },
         127 => match buf.get(2..10) {
@@ -128,6 +131,9 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
                 let len = u64::from_be_bytes(a);
                 if len >> 63 != 0 {
                     return Err(FrameError::LengthTopBit);
+                }
+                if len <= 0xffff {
+                    return Err(FrameError::LengthNotMinimal);
                 }
                 (len, 10)
             }
@@ -441,6 +447,16 @@ mod tests {
         top.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
         top.extend_from_slice(&[1, 2, 3, 4]);
         assert_eq!(read_all(top, 100).await.1, err(FrameError::LengthTopBit));
+        // A length must use its shortest encoding: 5 in 16 bits, 300 in 64 bits.
+        let mut long16 = vec![0x81, 0x80 | 126, 0, 5];
+        long16.extend_from_slice(&[1, 2, 3, 4]);
+        let end = read_all(long16, 100).await.1;
+        assert_eq!(end, err(FrameError::LengthNotMinimal));
+        let mut long64 = vec![0x81, 0x80 | 127];
+        long64.extend_from_slice(&300u64.to_be_bytes());
+        long64.extend_from_slice(&[1, 2, 3, 4]);
+        let end = read_all(long64, 1000).await.1;
+        assert_eq!(end, err(FrameError::LengthNotMinimal));
         // A new data frame inside a fragmented text message, binary or text.
         for op in [1, 2] {
             let mut b = frame(false, 1, b"ab");
@@ -559,5 +575,50 @@ mod tests {
         assert_eq!(msg, b"hi");
         assert!(r.next(&server, &out).unwrap().is_none());
         assert!(r.input.is_none());
+    }
+
+    mod properties {
+        //! Property tests of the frame header parser (a bounded fuzz run in every
+        //! `cargo xtask test`): arbitrary input never panics nor claims bytes it does not
+        //! have, and every well-formed client frame parses back to what was encoded.
+        use super::super::*;
+        use super::frame;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic_nor_overrun(
+                buf in proptest::collection::vec(any::<u8>(), 0..32),
+                max in 0usize..100_000,
+            ) {
+                if let Ok(Some(h)) = parse_header(&buf, max) {
+                    prop_assert!(h.size <= buf.len());
+                    prop_assert!(matches!(h.size, 6 | 8 | 14));
+                    if h.opcode & 0x8 == 0 {
+                        prop_assert!(h.len <= max);
+                    } else {
+                        prop_assert!(h.len <= 125 && h.fin);
+                    }
+                }
+            }
+
+            #[test]
+            fn well_formed_frames_parse_back(
+                fin in any::<bool>(),
+                opcode in prop_oneof![Just(0u8), Just(1), Just(2)],
+                len in prop_oneof![0usize..126, 126usize..70_000],
+            ) {
+                let f = frame(fin, opcode, &vec![b'x'; len]);
+                let h = parse_header(&f, 100_000).unwrap().unwrap();
+                prop_assert_eq!((h.fin, h.opcode, h.len), (fin, opcode, len));
+                prop_assert_eq!(h.size + len, f.len());
+                // Every proper prefix of the header is incomplete, not an error.
+                for cut in 0..h.size {
+                    prop_assert_eq!(parse_header(&f[..cut], 100_000), Ok(None));
+                }
+            }
+        }
     }
 }
