@@ -159,31 +159,65 @@ pub async fn hash_password(password: String) -> Result<String> {
     .map_err(|e| Error::Internal(e.to_string()))
 }
 
-pub async fn verify_password(password: String, hash: String) -> Result<bool> {
+/// Verifies `password` against a stored argon2 hash, or, when there is none (an unknown
+/// account), against a dummy hash made once with the same parameters, so that an unknown
+/// account costs what a wrong password does and the answer's timing tells them apart no
+/// better than its body. Always false without a stored hash.
+pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
+        let known = hash.is_some();
+        let hash = match hash {
+            Some(h) => h,
+            None => dummy_hash()?.to_owned(),
+        };
+        let h = PasswordHash::new(&hash).map_err(|e| Error::Internal(e.to_string()))?;
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok();
+        Ok(ok && known)
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?
-    .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The argon2 hash of a random password, made once per process with the parameters of
+/// [`hash_password`].
+fn dummy_hash() -> Result<&'static str> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(h) = DUMMY.get() {
+        return Ok(h);
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = Argon2::default()
+        .hash_password(random_hex(16).as_bytes(), &salt)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .to_string();
+    Ok(DUMMY.get_or_init(|| hash))
+}
+
+/// Warms the dummy hash of [`verify_password`] (off the async runtime), so that the
+/// first unknown account costs no more than any other.
+pub async fn prepare_dummy_hash() -> Result<()> {
+    tokio::task::spawn_blocking(|| dummy_hash().map(drop))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// Verifies a visitor's identity hash: hex HMAC-SHA256 of `external_id` under the
-/// tenant's identity secret.
+/// tenant's identity secret. Takes the same steps whatever the input (the MAC is always
+/// computed, a malformed hash is compared as zeros) and compares in constant time.
 pub fn identity_hash_valid(secret: &str, external_id: &str, hash: &str) -> bool {
     use hmac::{Mac, SimpleHmac};
-    let Ok(expected) = hex::decode(hash.trim()) else {
-        return false;
-    };
+    let mut given = [0u8; 32];
+    let well_formed = hex::decode_to_slice(hash.trim(), &mut given).is_ok();
+    // HMAC accepts keys of any length: this cannot fail.
     let Ok(mut mac) = SimpleHmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
         return false;
     };
     mac.update(external_id.as_bytes());
-    mac.verify_slice(&expected).is_ok()
+    let expected = mac.finalize().into_bytes();
+    let same = constant_time_eq(&expected, &given);
+    same & well_formed
 }
 
 #[cfg(test)]
@@ -210,12 +244,32 @@ mod tests {
         assert!(!identity_hash_valid("s3cret", "user-2", &good));
         assert!(!identity_hash_valid("other", "user-1", &good));
         assert!(!identity_hash_valid("s3cret", "user-1", "zz"));
+        assert!(!identity_hash_valid("s3cret", "user-1", ""));
+        assert!(!identity_hash_valid("s3cret", "user-1", &good[..62]));
+        assert!(identity_hash_valid(
+            "s3cret",
+            "user-1",
+            &format!(" {good} ")
+        ));
     }
 
     #[tokio::test]
     async fn passwords() {
         let h = hash_password("pw-1".into()).await.unwrap();
-        assert!(verify_password("pw-1".into(), h.clone()).await.unwrap());
-        assert!(!verify_password("pw-2".into(), h).await.unwrap());
+        assert!(verify_password("pw-1".into(), Some(h.clone()))
+            .await
+            .unwrap());
+        assert!(!verify_password("pw-2".into(), Some(h)).await.unwrap());
+        assert!(!verify_password("pw-1".into(), None).await.unwrap());
+        let dummy = PasswordHash::new(dummy_hash().unwrap())
+            .unwrap()
+            .to_string();
+        let real = hash_password("pw-1".into()).await.unwrap();
+        let params = |h: &str| h.rsplitn(3, '$').nth(2).unwrap().to_owned();
+        assert_eq!(
+            params(&dummy),
+            params(&real),
+            "the dummy hash uses the same parameters"
+        );
     }
 }

@@ -59,6 +59,23 @@ pub struct Config {
     /// Longest an HTTP request body may take to arrive once its handler reads it; past
     /// it the request is answered 408 (`BODY_TIMEOUT_MS`, default 10000).
     pub body_timeout: Duration,
+    /// Failed logins of one account (tenant and email) before it is locked out
+    /// (`LOGIN_ACCOUNT_FAILURES`, default 5).
+    pub login_account_failures: u32,
+    /// Failed logins from one source address before it is locked out
+    /// (`LOGIN_ADDRESS_FAILURES`, default 20).
+    pub login_address_failures: u32,
+    /// Failures are counted over this window, from the last one
+    /// (`LOGIN_FAILURE_WINDOW_SECS`, default 900).
+    pub login_failure_window: Duration,
+    /// The first lockout; each further failure doubles it (`LOGIN_LOCKOUT_BASE_MS`,
+    /// default 30000).
+    pub login_lockout_base: Duration,
+    /// The longest lockout (`LOGIN_LOCKOUT_MAX_SECS`, default 900).
+    pub login_lockout_max: Duration,
+    /// Lets webhooks target private, loopback, link-local and other non-public
+    /// addresses; for development only (`WEBHOOK_ALLOW_PRIVATE`, default false).
+    pub webhook_allow_private: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +116,12 @@ impl Config {
             webhook_max_attempts: 12,
             away_grace: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
+            login_account_failures: 5,
+            login_address_failures: 20,
+            login_failure_window: Duration::from_secs(900),
+            login_lockout_base: Duration::from_secs(30),
+            login_lockout_max: Duration::from_secs(900),
+            webhook_allow_private: false,
         }
     }
 
@@ -203,6 +226,43 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        c.login_account_failures = parse("LOGIN_ACCOUNT_FAILURES", c.login_account_failures)?;
+        c.login_address_failures = parse("LOGIN_ADDRESS_FAILURES", c.login_address_failures)?;
+        for (name, value) in [
+            ("LOGIN_ACCOUNT_FAILURES", c.login_account_failures),
+            ("LOGIN_ADDRESS_FAILURES", c.login_address_failures),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        c.login_failure_window = Duration::from_secs(parse(
+            "LOGIN_FAILURE_WINDOW_SECS",
+            c.login_failure_window.as_secs(),
+        )?);
+        c.login_lockout_base = Duration::from_millis(parse(
+            "LOGIN_LOCKOUT_BASE_MS",
+            c.login_lockout_base.as_millis() as u64,
+        )?);
+        c.login_lockout_max = Duration::from_secs(parse(
+            "LOGIN_LOCKOUT_MAX_SECS",
+            c.login_lockout_max.as_secs(),
+        )?);
+        if c.login_failure_window.is_zero()
+            || c.login_lockout_base.is_zero()
+            || c.login_lockout_max < c.login_lockout_base
+        {
+            return Err(ConfigError::Invalid {
+                name: "LOGIN_LOCKOUT_BASE_MS",
+                reason: "the window and the lockouts must be positive, and \
+                         LOGIN_LOCKOUT_MAX_SECS at least LOGIN_LOCKOUT_BASE_MS"
+                    .into(),
+            });
+        }
+        c.webhook_allow_private = parse("WEBHOOK_ALLOW_PRIVATE", c.webhook_allow_private)?;
         Ok(c)
     }
 }

@@ -20,6 +20,10 @@ pub enum Error {
     Migrate(#[from] refinery::Error),
     #[error("token: {0}")]
     Token(#[from] relaydesk_shared::token::TokenError),
+    /// Too many failed attempts: refused until `retry_after` has passed (429 with
+    /// `Retry-After`).
+    #[error("too many failed attempts, retry later")]
+    Throttled { retry_after: std::time::Duration },
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +55,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Client { code, .. } => *code,
+            Error::Throttled { .. } => ErrorCode::RateLimited,
             Error::Db(e) if e.code().is_some() => ErrorCode::Internal,
             Error::Db(_) | Error::Pool(_) | Error::Redis(_) => ErrorCode::Unavailable,
             Error::Migrate(_) | Error::Token(_) | Error::Internal(_) => ErrorCode::Internal,
@@ -61,6 +66,7 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self {
             Error::Client { message, .. } => message.clone(),
+            Error::Throttled { .. } => self.to_string(),
             _ if self.code() == ErrorCode::Unavailable => "temporarily unavailable, retry".into(),
             _ => "internal error".into(),
         }
@@ -70,14 +76,20 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = self.code();
-        if !matches!(self, Error::Client { .. }) {
+        if !matches!(self, Error::Client { .. } | Error::Throttled { .. }) {
             tracing::error!(error = %self, "request failed");
         }
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({"error": {"code": code, "message": self.public_message()}});
         let mut response = (status, axum::Json(body)).into_response();
-        if code.retryable() && code != ErrorCode::Internal {
+        if let Error::Throttled { retry_after } = self {
+            // Whole seconds, rounded up: a client that waits this long is let in.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert("retry-after", v);
+            }
+        } else if code.retryable() && code != ErrorCode::Internal {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));

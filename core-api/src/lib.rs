@@ -19,6 +19,8 @@ pub mod lifecycle;
 pub mod presence;
 pub mod routing;
 pub mod store;
+pub mod throttle;
+pub mod webhook_target;
 pub mod webhooks;
 
 use std::future::Future;
@@ -100,6 +102,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let _ = relaydesk_shared::telemetry::prometheus();
     let state = Arc::new(AppState::new(config).await?);
+    auth::prepare_dummy_hash().await?;
     let reader = redis_client(&state.config.redis_url).await?;
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(consumer::run(state.clone(), reader, stop.clone()));
@@ -108,6 +111,8 @@ pub async fn run(
     let app = http::router(state.clone());
     let stop_http = stop.clone();
     tracing::info!(addr = ?listener.local_addr().ok(), core = %state.config.core_id, "core-api listening");
+    // Handlers see the TCP peer's address (login throttling counts per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -17,6 +17,11 @@
 //! the row again (it counts as an attempt). Each request is signed:
 //! `Relaydesk-Signature: t=<unix seconds>,v1=<`[`sign`]`>`.
 //!
+//! Targets must be public addresses unless `WEBHOOK_ALLOW_PRIVATE` (`webhook_target`):
+//! a literal address is checked before each attempt, a name by the client's resolver,
+//! whose checked addresses the client connects to; a refused target counts as a failed
+//! attempt. Redirects are not followed.
+//!
 //! Metrics: `relaydesk_core_webhook_deliveries_total{outcome="delivered|retry|failed"}`
 //! per attempt, and `relaydesk_core_webhook_latency_seconds`, the time each POST took
 //! (answered or not).
@@ -33,9 +38,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db;
 use crate::error::{Error, Result};
 use crate::AppState;
+use crate::{db, webhook_target};
 
 /// How long a claimed delivery is hidden from other senders.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(60);
@@ -94,13 +99,7 @@ fn jittered(pause: Duration) -> Duration {
 /// Sends due webhook deliveries until `stop` is cancelled, then gives the requests in
 /// flight [`SHUTDOWN_GRACE`] to finish.
 pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
-    let http = match reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT / 2)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent("Relaydesk-Webhooks/1")
-        .build()
-    {
+    let http = match http_client(state.config.webhook_allow_private) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are not sent");
@@ -134,6 +133,22 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
     if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
         in_flight.abort_all();
     }
+}
+
+/// The HTTP client of deliveries: bounded in time, never following a redirect (it is an
+/// answer, a refusal, and could lead anywhere), and, unless `allow_private`, resolving
+/// names through `webhook_target::PublicResolver`. Literal addresses bypass any resolver:
+/// [`refused_target`] checks those before each attempt.
+pub fn http_client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(REQUEST_TIMEOUT / 2)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent("Relaydesk-Webhooks/1");
+    if !allow_private {
+        builder = builder.dns_resolver(Arc::new(webhook_target::PublicResolver));
+    }
+    builder.build()
 }
 
 /// One claimed delivery.
@@ -280,7 +295,14 @@ async fn deliver(
     _slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let sent = post(&http, &due).await;
+    let refused = refused_target(state.config.webhook_allow_private, &due.url);
+    let sent = match refused {
+        Some(error) => Sent {
+            status: None,
+            error: Some(error),
+        },
+        None => post(&http, &due).await,
+    };
     metrics::histogram!("relaydesk_core_webhook_latency_seconds")
         .record(started.elapsed().as_secs_f64());
     let ok = sent.status.is_some_and(|s| (200..300).contains(&s));
@@ -310,6 +332,19 @@ async fn deliver(
         // The lease ends and the delivery is sent again: at least once.
         tracing::warn!(error = %e, event_id = %due.event_id, "cannot record a webhook attempt");
     }
+}
+
+/// Why a delivery to `url` is not attempted, when its host is a refused literal address
+/// (names are checked by [`http_client`]'s resolver).
+pub fn refused_target(allow_private: bool, url: &str) -> Option<String> {
+    if allow_private {
+        return None;
+    }
+    let error = match reqwest::Url::parse(url) {
+        Ok(url) => webhook_target::check_literal(&url).err()?.to_string(),
+        Err(e) => format!("url is invalid: {e}"),
+    };
+    Some(truncate(error))
 }
 
 /// POSTs the payload, signed now.

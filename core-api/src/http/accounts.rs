@@ -1,8 +1,9 @@
 //! Tenants, agents, logins, agent status, connection tokens and widget sessions.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use rand::seq::SliceRandom;
@@ -19,7 +20,7 @@ use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::{self, Caller};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::{lifecycle, AppState};
+use crate::{lifecycle, throttle, AppState};
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewTenant {
@@ -188,13 +189,22 @@ pub struct Login {
     password: String,
 }
 
-/// `POST /v1/auth/login`: an agent session token.
+/// `POST /v1/auth/login`: an agent session token. Throttled per account and per source
+/// address (`crate::throttle`): while either is locked out, 429 with `Retry-After`,
+/// before the password is looked at. An unknown account costs the same argon2
+/// verification as a wrong password and gets the same 401.
 #[utoipa::path(post, path = "/v1/auth/login", request_body = Login,
-    responses((status = 200, body = LoginBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = LoginBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many failed logins of this account or from this address",
+         headers(("Retry-After" = u64, description = "seconds until the lockout ends")))))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Json<Value>> {
+    let email = req.email.trim().to_lowercase();
+    let subjects = throttle::Subjects::new(state.keys.prefix(), req.tenant, &email, peer.ip());
+    throttle::check(&state, &subjects).await?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, req.tenant).await?;
     let row = tx
@@ -202,16 +212,21 @@ pub async fn login(
             &format!(
                 "SELECT {AGENT_COLUMNS}, password_hash FROM agents WHERE tenant_id = $1 AND email = $2"
             ),
-            &[&req.tenant, &req.email.trim().to_lowercase()],
+            &[&req.tenant, &email],
         )
         .await?;
     tx.commit().await?;
-    let Some(row) = row else {
-        return Err(Error::unauthorized());
+    drop(client);
+    let hash = row.as_ref().map(|r| r.get::<_, String>(7));
+    let valid = auth::verify_password(req.password, hash).await?;
+    let row = match row {
+        Some(row) if valid => row,
+        _ => {
+            throttle::failed(&state, &subjects).await?;
+            return Err(Error::unauthorized());
+        }
     };
-    if !auth::verify_password(req.password, row.get(7)).await? {
-        return Err(Error::unauthorized());
-    }
+    throttle::succeeded(&state, &subjects).await?;
     let id: Uuid = row.get(0);
     let name: String = row.get(1);
     let role = agent_role(row.get(3), row.get(4));

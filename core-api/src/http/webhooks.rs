@@ -17,6 +17,7 @@ use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::events::hook;
+use crate::webhook_target;
 use crate::AppState;
 
 /// Webhooks a tenant may have.
@@ -32,8 +33,9 @@ pub struct CreateWebhook {
     events: Vec<String>,
 }
 
-/// The URL, checked: absolute, `http` or `https`, with a host.
-fn valid_url(url: &str) -> Result<String> {
+/// The URL, checked: absolute, `http` or `https`, with a host that is not a literal
+/// non-public address (unless `allow_private`; names are resolved by [`create`]).
+fn valid_url(url: &str, allow_private: bool) -> Result<reqwest::Url> {
     if url.len() > MAX_URL_LEN {
         return Err(Error::bad_request(format!(
             "url must be at most {MAX_URL_LEN} characters"
@@ -48,7 +50,16 @@ fn valid_url(url: &str) -> Result<String> {
         Some(host) if !host.is_empty() => {}
         _ => return Err(Error::bad_request("url needs a host")),
     }
-    Ok(parsed.to_string())
+    if !allow_private {
+        webhook_target::check_literal(&parsed).map_err(refused)?;
+    }
+    Ok(parsed)
+}
+
+fn refused(e: webhook_target::TargetError) -> Error {
+    Error::bad_request(format!(
+        "url must reach a public address: {e} (WEBHOOK_ALLOW_PRIVATE allows others)"
+    ))
 }
 
 /// The events, checked against [`hook::ALL`], without repeats, in the order given.
@@ -72,17 +83,28 @@ fn valid_events(events: &[String]) -> Result<Vec<String>> {
 }
 
 /// `POST /v1/webhooks`: registers a webhook; its signing secret is in the answer (and
-/// only there and in nothing else the API returns).
+/// only there and in nothing else the API returns). The URL must reach a public address
+/// (`crate::webhook_target`): a literal non-public address, or a name resolving to one,
+/// is a 400.
 #[utoipa::path(post, path = "/v1/webhooks", request_body = CreateWebhook, security(("bearer" = [])),
-    responses((status = 201, body = WebhookCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = WebhookCreated),
+        (status = 400, body = ErrorBody, description = "invalid input, or a url whose host is (or resolves to) a private, loopback, link-local, metadata or other non-public address"),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let tenant = caller.tenant_admin()?;
-    let url = valid_url(&req.url)?;
+    let allow_private = state.config.webhook_allow_private;
+    let url = valid_url(&req.url, allow_private)?;
     let events = valid_events(&req.events)?;
+    if !allow_private {
+        webhook_target::check_at_creation(&url)
+            .await
+            .map_err(refused)?;
+    }
+    let url = url.to_string();
     let id = Uuid::now_v7();
     let secret = crate::auth::random_hex(32);
     let mut client = state.pool.get().await?;
@@ -250,12 +272,14 @@ mod tests {
 
     #[test]
     fn urls_are_http_or_https_with_a_host() {
-        assert!(valid_url("https://hooks.example.com/relaydesk").is_ok());
-        assert!(valid_url("http://127.0.0.1:9000/x").is_ok());
-        assert!(valid_url("ftp://example.com/").is_err());
-        assert!(valid_url("not a url").is_err());
-        assert!(valid_url("/relative").is_err());
-        assert!(valid_url(&format!("https://e.com/{}", "a".repeat(MAX_URL_LEN))).is_err());
+        assert!(valid_url("https://hooks.example.com/relaydesk", false).is_ok());
+        assert!(valid_url("http://127.0.0.1:9000/x", true).is_ok());
+        assert!(valid_url("http://127.0.0.1:9000/x", false).is_err());
+        assert!(valid_url("http://[fd00:ec2::254]/x", false).is_err());
+        assert!(valid_url("ftp://example.com/", true).is_err());
+        assert!(valid_url("not a url", true).is_err());
+        assert!(valid_url("/relative", true).is_err());
+        assert!(valid_url(&format!("https://e.com/{}", "a".repeat(MAX_URL_LEN)), true).is_err());
     }
 
     #[test]

@@ -213,6 +213,8 @@ impl Stack {
         c.commit_workers = 2;
         c.claim_idle = Duration::from_millis(1500);
         c.webhook_retry_base = Duration::from_millis(200);
+        // The suite's webhook receivers listen on 127.0.0.1.
+        c.webhook_allow_private = true;
         c
     }
 
