@@ -34,27 +34,29 @@ pub const RELOAD: Duration = Duration::from_secs(2);
 
 /// The credential identity of one authenticated connection.
 struct Cred {
-    tenant: Uuid,
-    principal: Uuid,
     ver: u32,
     sid: Option<Uuid>,
     out: Outbound,
 }
 
+/// (tenant, principal).
+type Principal = (Uuid, Uuid);
+
 #[derive(Default)]
 struct State {
-    /// (tenant, principal) → (lowest valid version, until when, Unix ms).
-    versions: HashMap<(Uuid, Uuid), (u32, u64)>,
+    /// Principal → (lowest valid version, until when, Unix ms).
+    versions: HashMap<Principal, (u32, u64)>,
     /// Logged-out session → until when (Unix ms).
     sessions: HashMap<Uuid, u64>,
-    conns: HashMap<u64, Cred>,
+    /// Authenticated connections by principal: a revocation looks at its principal's only.
+    conns: HashMap<Principal, HashMap<u64, Cred>>,
+    /// Connection → its principal.
+    owners: HashMap<u64, Principal>,
 }
 
 impl State {
-    fn matches(&self, tenant: Uuid, principal: Uuid, ver: u32, sid: Option<Uuid>) -> bool {
-        self.versions
-            .get(&(tenant, principal))
-            .is_some_and(|(min, _)| ver < *min)
+    fn matches(&self, who: Principal, ver: u32, sid: Option<Uuid>) -> bool {
+        self.versions.get(&who).is_some_and(|(min, _)| ver < *min)
             || sid.is_some_and(|s| self.sessions.contains_key(&s))
     }
 }
@@ -68,62 +70,77 @@ pub struct Revocations {
 impl Revocations {
     /// Records an authenticated connection unless its token is revoked (then `false`).
     pub fn admit(&self, conn: u64, claims: &Claims, out: &Outbound) -> bool {
+        let who = (claims.tid, claims.sub);
         let mut s = crate::lock(&self.state);
-        if s.matches(claims.tid, claims.sub, claims.version(), claims.sid) {
+        if s.matches(who, claims.version(), claims.sid) {
             return false;
         }
-        s.conns.insert(
+        s.conns.entry(who).or_default().insert(
             conn,
             Cred {
-                tenant: claims.tid,
-                principal: claims.sub,
                 ver: claims.version(),
                 sid: claims.sid,
                 out: out.clone(),
             },
         );
+        s.owners.insert(conn, who);
         true
     }
 
     /// Forgets a closed connection.
     pub fn forget(&self, conn: u64) {
-        crate::lock(&self.state).conns.remove(&conn);
+        let mut s = crate::lock(&self.state);
+        let Some(who) = s.owners.remove(&conn) else {
+            return;
+        };
+        if let Some(of) = s.conns.get_mut(&who) {
+            of.remove(&conn);
+            if of.is_empty() {
+                s.conns.remove(&who);
+            }
+        }
     }
 
     /// Records a revocation valid until `until_ms` (Unix ms) and closes the connections
-    /// it matches with 4501; returns how many.
+    /// it matches with 4501; returns how many. An entry already known (every re-read of
+    /// the set repeats them) only extends its time and looks at no connection.
     pub fn apply(&self, revoked: &Revoked, until_ms: u64) -> usize {
         if until_ms <= crate::registry::now_ms() {
             return 0;
         }
+        let who = revoked.principal();
         let mut s = crate::lock(&self.state);
-        match *revoked {
-            Revoked::Version {
-                tenant,
-                principal,
-                min,
-            } => {
-                let e = s
-                    .versions
-                    .entry((tenant, principal))
-                    .or_insert((min, until_ms));
-                if min > e.0 {
-                    e.0 = min;
-                }
+        let new = match *revoked {
+            Revoked::Version { min, .. } => {
+                let e = s.versions.entry(who).or_insert((0, until_ms));
                 // A later entry's tokens outlive an earlier one's.
                 e.1 = e.1.max(until_ms);
+                let raised = min > e.0;
+                e.0 = e.0.max(min);
+                raised
             }
-            Revoked::Session { sid, .. } => {
-                let e = s.sessions.entry(sid).or_insert(until_ms);
-                *e = (*e).max(until_ms);
-            }
+            Revoked::Session { sid, .. } => match s.sessions.get_mut(&sid) {
+                Some(e) => {
+                    *e = (*e).max(until_ms);
+                    false
+                }
+                None => {
+                    s.sessions.insert(sid, until_ms);
+                    true
+                }
+            },
+        };
+        if !new {
+            return 0;
         }
         let mut closed = 0;
-        for (conn, c) in &s.conns {
-            if s.matches(c.tenant, c.principal, c.ver, c.sid) {
-                tracing::debug!(conn, tenant = %c.tenant, principal = %c.principal, "credentials revoked: closing");
-                c.out.close(CloseCode::Unauthorized);
-                closed += 1;
+        if let Some(of) = s.conns.get(&who) {
+            for (conn, c) in of {
+                if s.matches(who, c.ver, c.sid) {
+                    tracing::debug!(conn, tenant = %who.0, principal = %who.1, "credentials revoked: closing");
+                    c.out.close(CloseCode::Unauthorized);
+                    closed += 1;
+                }
             }
         }
         if closed > 0 {
@@ -234,7 +251,14 @@ mod tests {
         ));
         // Expired entries are neither recorded nor kept.
         assert_eq!(r.apply(&version, 1), 0);
+        // Repeating a known entry (the periodic re-read) closes nothing new.
+        let c = Outbound::new(1024);
+        assert!(r.admit(8, &claims(t, p, Some(2), Some(s2)), &c));
+        assert_eq!(r.apply(&version, later + 5), 0);
+        assert!(!c.is_closing());
         r.sweep(later + 1);
+        assert_eq!(r.counts(), (1, 0));
+        r.sweep(later + 6);
         assert_eq!(r.counts(), (0, 0));
         assert!(r.admit(7, &claims(t, p, Some(1), Some(s1)), &Outbound::new(1024)));
     }
