@@ -4,6 +4,12 @@
 //! a tenant API key (`rk_<tenant>_<secret>`, stored as a SHA-256 hash), or an API
 //! session token (an EdDSA JWT with `aud = "api"`) of an agent or a visitor. Passwords
 //! are hashed with argon2.
+//!
+//! An agent's token is checked against PostgreSQL on every request (one primary-key
+//! lookup): the agent must exist and be active, the token's credential version (`ver`)
+//! must be the agent's current one and its session (`sid`) must not be logged out; the
+//! role used is the stored one, never the token's. API keys are looked up by hash on
+//! every request, so a deleted key fails at once.
 
 use std::sync::Arc;
 
@@ -25,9 +31,20 @@ use crate::AppState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Operator,
-    ApiKey { tenant: Uuid },
-    Agent { tenant: Uuid, id: Uuid, role: Role },
-    Visitor { tenant: Uuid, id: Uuid },
+    ApiKey {
+        tenant: Uuid,
+    },
+    Agent {
+        tenant: Uuid,
+        id: Uuid,
+        role: Role,
+        /// The session of the token (absent in tokens minted before sessions had ids).
+        sid: Option<Uuid>,
+    },
+    Visitor {
+        tenant: Uuid,
+        id: Uuid,
+    },
 }
 
 impl Caller {
@@ -95,17 +112,46 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller> {
         .api_tokens
         .verify(token)
         .map_err(|_| Error::unauthorized())?;
-    Ok(match claims.role {
-        Role::Visitor => Caller::Visitor {
+    if claims.role == Role::Visitor {
+        return Ok(Caller::Visitor {
             tenant: claims.tid,
             id: claims.sub,
-        },
-        role => Caller::Agent {
-            tenant: claims.tid,
-            id: claims.sub,
-            role,
-        },
+        });
+    }
+    let mut client = state.pool.get().await?;
+    let tx = crate::db::tenant_tx(&mut client, claims.tid).await?;
+    let row = tx
+        .query_opt(
+            "SELECT a.role, a.kind, a.credential_version, a.deactivated_at IS NULL,
+                    EXISTS (SELECT 1 FROM revoked_sessions r WHERE r.tenant_id = $1 AND r.sid = $3)
+               FROM agents a WHERE a.tenant_id = $1 AND a.id = $2",
+            &[&claims.tid, &claims.sub, &claims.sid],
+        )
+        .await?;
+    tx.commit().await?;
+    let Some(row) = row else {
+        return Err(Error::unauthorized());
+    };
+    let current: i32 = row.get(2);
+    let active: bool = row.get(3);
+    let logged_out: bool = row.get(4);
+    if !active || logged_out || i64::from(claims.version()) != i64::from(current) {
+        return Err(Error::unauthorized());
+    }
+    Ok(Caller::Agent {
+        tenant: claims.tid,
+        id: claims.sub,
+        role: agent_role(row.get(0), row.get(1)),
+        sid: claims.sid,
     })
+}
+
+/// The token role of an agent row: bots are `bot` whatever their role column says.
+pub fn agent_role(role: &str, kind: &str) -> Role {
+    if kind == "bot" {
+        return Role::Bot;
+    }
+    Role::parse(role).unwrap_or(Role::Agent)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -113,10 +159,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A new API key for `tenant`: shown once, stored only as its hash.
-pub fn new_api_key(tenant: Uuid) -> (String, Vec<u8>) {
-    let key = format!("rk_{}_{}", tenant.simple(), random_hex(24));
-    let hash = sha256(&key);
-    (key, hash)
+pub struct NewApiKey {
+    pub key: String,
+    pub hash: Vec<u8>,
+    /// `rk_` and the first 8 hex digits of the secret (32 of its 192 bits): enough to
+    /// tell keys apart in a listing, too little to guess the rest.
+    pub prefix: String,
+}
+
+pub fn new_api_key(tenant: Uuid) -> NewApiKey {
+    let secret = random_hex(24);
+    let key = format!("rk_{}_{}", tenant.simple(), secret);
+    NewApiKey {
+        hash: sha256(&key),
+        prefix: format!("rk_{}", &secret[..8]),
+        key,
+    }
 }
 
 fn api_key_tenant(token: &str) -> Option<Uuid> {
@@ -227,9 +285,10 @@ mod tests {
     #[test]
     fn keys_name_their_tenant() {
         let t = Uuid::new_v4();
-        let (key, hash) = new_api_key(t);
-        assert_eq!(api_key_tenant(&key), Some(t));
-        assert_eq!(hash, sha256(&key));
+        let k = new_api_key(t);
+        assert_eq!(api_key_tenant(&k.key), Some(t));
+        assert_eq!(k.hash, sha256(&k.key));
+        assert!(k.key.contains(&k.prefix[3..]));
         assert_eq!(site_key_tenant(&new_site_key(t)), Some(t));
         assert_eq!(api_key_tenant("rk_nope_x"), None);
     }

@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod http;
 pub mod lifecycle;
 pub mod presence;
+pub mod revoke;
 pub mod routing;
 pub mod store;
 pub mod throttle;

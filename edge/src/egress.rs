@@ -126,6 +126,10 @@ enum Item {
         unsub: Option<uuid::Uuid>,
         frame: Bytes,
     },
+    Revoke {
+        revoked: relaydesk_shared::bus::Revoked,
+        until_ms: u64,
+    },
 }
 
 fn parse_entry(e: Entry) -> Option<Item> {
@@ -206,6 +210,7 @@ fn parse_entry(e: Entry) -> Option<Item> {
             unsub,
             frame,
         },
+        Egress::Revoke { revoked, until_ms } => Item::Revoke { revoked, until_ms },
     })
 }
 
@@ -270,6 +275,9 @@ fn dispatch(ctx: &Ctx, entries: Vec<Entry>) {
                     unsub,
                     frame,
                 } => hub.to_principal(tenant, principal, unsub, &frame),
+                Item::Revoke { revoked, until_ms } => {
+                    ctx.revoked.apply(&revoked, until_ms);
+                }
             }
         }
     }

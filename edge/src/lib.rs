@@ -6,7 +6,8 @@
 //! buffers) → [`ingress`] (pipelined XADDs to the ingress shards) … core-api …
 //! [`egress`] (XREAD of this edge's stream, dispatch) → [`hub`] (local subscriptions,
 //! per-connection ordering) → [`writer`] (bounded outbound queue, coalesced socket
-//! writes, edge-wide heartbeats). [`registry`] keeps this edge's registry entries fresh.
+//! writes, edge-wide heartbeats). [`registry`] keeps this edge's registry entries fresh;
+//! [`revoked`] knows which agent credentials core-api revoked.
 //!
 //! [`run`] wires them together and drains on shutdown: `/readyz` fails, no new
 //! connections are accepted, and every WebSocket is closed with 1012, spread over the
@@ -22,6 +23,7 @@ pub mod ingress;
 pub mod limits;
 pub mod reader;
 pub mod registry;
+pub mod revoked;
 pub mod session;
 pub mod writer;
 
@@ -69,6 +71,8 @@ pub(crate) struct Ctx {
     /// Commands (pipelined); the egress reader has its own connection.
     pub redis: Client,
     pub verifier: TokenVerifier,
+    /// Revoked credentials and the connections they may concern.
+    pub revoked: revoked::Revocations,
     pub limits: Arc<limits::Limits>,
     hub: Mutex<Hub>,
     pub ingress: IngressTx,
@@ -201,6 +205,7 @@ pub async fn run(
         keys: keys.clone(),
         redis: redis.clone(),
         verifier,
+        revoked: revoked::Revocations::default(),
         limits: limits::Limits::new(&config),
         ingress,
         sessions: Mutex::new(HashMap::new()),
@@ -241,6 +246,7 @@ pub async fn run(
         background.clone(),
     ));
     let sweeper_task = tokio::spawn(egress::run_sweeper(ctx.clone(), background.clone()));
+    let revoked_task = tokio::spawn(revoked::run_loader(ctx.clone(), background.clone()));
     let heartbeat_task = tokio::spawn(writer::run_heartbeats(ctx.clone(), background.clone()));
     let upkeep_task = tokio::spawn({
         let stop = background.clone();
@@ -270,6 +276,7 @@ pub async fn run(
         ingress_task,
         egress_task,
         sweeper_task,
+        revoked_task,
         heartbeat_task,
         upkeep_task
     );

@@ -283,6 +283,7 @@ async fn finish_session(mut link: Link, session: Session, end: End) {
             "unauthenticated connection closed"
         );
     }
+    ctx.revoked.forget(conn);
     out.finish(1006);
     let code = out.close_code().unwrap_or(1006);
     metrics::counter!("relaydesk_edge_closes_total", "code" => code.to_string()).increment(1);
@@ -376,6 +377,11 @@ impl Session {
         };
         if !claims.origin_allowed(origin) {
             tracing::debug!(conn = self.conn, origin, "origin refused");
+            return Err(End::Close(CloseCode::Unauthorized));
+        }
+        // From here on a revocation that arrives closes this connection.
+        if !self.ctx.revoked.admit(self.conn, &claims, &self.out) {
+            tracing::debug!(conn = self.conn, principal = %claims.sub, "revoked token refused");
             return Err(End::Close(CloseCode::Unauthorized));
         }
         let Some(tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {

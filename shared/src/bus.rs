@@ -91,6 +91,13 @@ impl Keys {
         format!("{}:{{snoozes}}", self.prefix)
     }
 
+    /// Revoked credentials: sorted set of [`Revoked`] (JSON) scored by the time (Unix ms)
+    /// after which no token it matches can still be valid. core-api adds and prunes;
+    /// every edge loads it at start and re-reads it periodically.
+    pub fn revocations(&self) -> String {
+        format!("{}:{{revocations}}", self.prefix)
+    }
+
     /// Registry: edges holding at least one connection of a principal.
     pub fn principal_edges(&self, tenant: Uuid, principal: Uuid) -> String {
         format!("{}:pe:{{{tenant}:{principal}}}", self.prefix)
@@ -115,6 +122,38 @@ pub struct Source {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A revoked credential of an agent: what edges refuse at `hello` and close open
+/// connections for (4501).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Revoked {
+    /// Every token of (tenant, principal) whose credential version is below `min`.
+    Version {
+        tenant: Uuid,
+        principal: Uuid,
+        min: u32,
+    },
+    /// Every token of session `sid` (a logout).
+    Session {
+        tenant: Uuid,
+        principal: Uuid,
+        sid: Uuid,
+    },
+}
+
+impl Revoked {
+    pub fn principal(&self) -> (Uuid, Uuid) {
+        match self {
+            Revoked::Version {
+                tenant, principal, ..
+            }
+            | Revoked::Session {
+                tenant, principal, ..
+            } => (*tenant, *principal),
+        }
+    }
 }
 
 /// An entry of an ingress stream (edge → core-api).
@@ -208,6 +247,10 @@ pub enum Egress {
         exclude: Option<Uuid>,
         agents_only: bool,
     },
+    /// A credential was revoked: close the local connections it matches with 4501 and
+    /// refuse it at `hello` until `until_ms` (Unix ms), when no token it matches is
+    /// still valid.
+    Revoke { revoked: Revoked, until_ms: u64 },
 }
 
 #[cfg(test)]
@@ -221,6 +264,23 @@ mod tests {
         assert_eq!(k.egress("e1"), "rd:eg:{e1}");
         let t = Uuid::nil();
         assert_eq!(k.conv_edges(t, t), format!("rd:ce:{{{t}:{t}}}"));
+    }
+
+    #[test]
+    fn revocations_round_trip() {
+        let r = Revoked::Session {
+            tenant: Uuid::new_v4(),
+            principal: Uuid::new_v4(),
+            sid: Uuid::new_v4(),
+        };
+        let e = Egress::Revoke {
+            revoked: r.clone(),
+            until_ms: 9,
+        };
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Egress>(&s).unwrap(), e);
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Revoked>(&s).unwrap(), r);
     }
 
     #[test]

@@ -78,6 +78,14 @@ pub struct Claims {
     /// Display name shown to other participants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The agent's credential version when the token was minted; absent counts as 0. A
+    /// token whose version is below the agent's current one is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<u32>,
+    /// The session (one login) the token belongs to: an agent's session token and the
+    /// connection tokens minted with it carry the same id, revoked together by a logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
 }
 
 impl Claims {
@@ -93,7 +101,14 @@ impl Claims {
             aud: aud.to_owned(),
             origins: None,
             name: None,
+            ver: None,
+            sid: None,
         }
+    }
+
+    /// The credential version the token carries (0 when absent).
+    pub fn version(&self) -> u32 {
+        self.ver.unwrap_or(0)
     }
 
     /// Whether a browser `Origin` may use this token.
@@ -237,6 +252,18 @@ mod tests {
         let hs =
             jsonwebtoken::encode(&Header::default(), &c, &EncodingKey::from_secret(b"k")).unwrap();
         assert!(v.verify(&hs).is_err());
+    }
+
+    #[test]
+    fn version_and_session_are_optional() {
+        let (s, v) = pair();
+        let mut c = Claims::new(Uuid::new_v4(), Uuid::new_v4(), Role::Agent, AUD_EDGE, 60);
+        assert_eq!(c.version(), 0);
+        c.ver = Some(3);
+        c.sid = Some(Uuid::new_v4());
+        let back = v.verify(&s.sign(&c).unwrap()).unwrap();
+        assert_eq!(back.version(), 3);
+        assert_eq!(back.sid, c.sid);
     }
 
     #[test]

@@ -145,6 +145,15 @@ async function startApp(session) {
     } catch {
       /* already stopped */
     }
+    if (!notice) {
+      // A deliberate logout ends the session on the server too (its token and the
+      // connection tokens minted with it stop working). Kept alive across the reload.
+      void fetch(`${location.origin}/v1/auth/logout`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${session.token}` },
+        keepalive: true,
+      }).catch(() => {});
+    }
     clearSession();
     try {
       if (notice) sessionStorage.setItem(NOTICE_KEY, notice);

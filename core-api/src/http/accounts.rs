@@ -1,4 +1,8 @@
-//! Tenants, agents, logins, agent status, connection tokens and widget sessions.
+//! Tenants, agents, logins, agent status, connection tokens and widget sessions; the
+//! credential lifecycle (logout, logout everywhere, password change, deactivation, API
+//! keys). Whatever revokes an agent's tokens bumps `agents.credential_version` (or
+//! records a logged-out session) in its transaction, then tells the edges
+//! ([`crate::revoke`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +11,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use rand::seq::SliceRandom;
+use relaydesk_shared::bus::Revoked;
 use relaydesk_shared::token::{Claims, Role, AUD_API, AUD_EDGE};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,10 +19,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{
-    AgentBody, AgentList, ConnectToken, ErrorBody, LoginBody, TenantCreated, WidgetSessionBody,
+    AgentBody, AgentList, ApiKeyCreated, ApiKeyList, ConnectToken, ErrorBody, LoginBody,
+    TenantCreated, WidgetSessionBody,
 };
 use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
-use crate::auth::{self, Caller};
+use crate::auth::{self, agent_role, Caller};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::{lifecycle, throttle, AppState};
@@ -45,7 +51,7 @@ pub async fn create_tenant(
     let id = Uuid::new_v4();
     let site_key = auth::new_site_key(id);
     let identity_secret = auth::random_hex(32);
-    let (api_key, key_hash) = auth::new_api_key(id);
+    let key = auth::new_api_key(id);
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, id).await?;
     tx.execute(
@@ -54,8 +60,8 @@ pub async fn create_tenant(
     )
     .await?;
     tx.execute(
-        "INSERT INTO api_keys (tenant_id, id, key_hash) VALUES ($1, $2, $3)",
-        &[&id, &Uuid::new_v4(), &key_hash],
+        "INSERT INTO api_keys (tenant_id, id, key_hash, prefix) VALUES ($1, $2, $3, $4)",
+        &[&id, &Uuid::new_v4(), &key.hash, &key.prefix],
     )
     .await?;
     tx.execute(
@@ -70,7 +76,7 @@ pub async fn create_tenant(
         StatusCode::CREATED,
         Json(json!({
             "tenant": {"id": id, "name": name, "site_key": site_key, "identity_secret": identity_secret},
-            "api_key": api_key,
+            "api_key": key.key,
         })),
     ))
 }
@@ -99,31 +105,15 @@ fn default_max() -> i32 {
 }
 
 /// The columns [`agent_from_row`] reads, in its order.
-const AGENT_COLUMNS: &str = "id, name, email, role, kind, max_concurrent, status";
+const AGENT_COLUMNS: &str =
+    "id, name, email, role, kind, max_concurrent, status, deactivated_at IS NULL";
 
 /// An agent as the API shows it, from [`AGENT_COLUMNS`] (the row's first columns).
 fn agent_from_row(r: &tokio_postgres::Row) -> Value {
-    agent_json(
-        r.get(0),
-        r.get(1),
-        r.get(2),
-        r.get(3),
-        r.get(4),
-        r.get(5),
-        r.get(6),
-    )
-}
-
-fn agent_json(
-    id: Uuid,
-    name: &str,
-    email: &str,
-    role: &str,
-    kind: &str,
-    max: i32,
-    status: &str,
-) -> Value {
-    json!({"id": id, "name": name, "email": email, "role": role, "kind": kind, "max_concurrent": max, "status": status})
+    json!({"id": r.get::<_, Uuid>(0), "name": r.get::<_, &str>(1), "email": r.get::<_, &str>(2),
+           "role": r.get::<_, &str>(3), "kind": r.get::<_, &str>(4),
+           "max_concurrent": r.get::<_, i32>(5), "status": r.get::<_, &str>(6),
+           "active": r.get::<_, bool>(7)})
 }
 
 /// `POST /v1/agents` (API key or admin).
@@ -157,28 +147,23 @@ pub async fn create_agent(
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let inserted = tx
-        .execute(
-            "INSERT INTO agents (tenant_id, id, name, email, password_hash, role, kind, max_concurrent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, email) DO NOTHING",
+        .query_opt(
+            &format!(
+                "INSERT INTO agents (tenant_id, id, name, email, password_hash, role, kind, max_concurrent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, email) DO NOTHING
+                 RETURNING {AGENT_COLUMNS}"
+            ),
             &[&tenant, &id, &req.name.trim(), &email, &hash, &req.role, &req.kind, &req.max_concurrent],
         )
         .await?;
-    if inserted == 0 {
+    let Some(row) = inserted else {
         return Err(Error::client(
             relaydesk_shared::ErrorCode::Conflict,
             "an agent with this email exists",
         ));
-    }
+    };
     tx.commit().await?;
-    let agent = agent_json(
-        id,
-        req.name.trim(),
-        &email,
-        &req.role,
-        &req.kind,
-        req.max_concurrent,
-        "offline",
-    );
+    let agent = agent_from_row(&row);
     Ok((StatusCode::CREATED, Json(json!({ "agent": agent }))))
 }
 
@@ -210,14 +195,15 @@ pub async fn login(
     let row = tx
         .query_opt(
             &format!(
-                "SELECT {AGENT_COLUMNS}, password_hash FROM agents WHERE tenant_id = $1 AND email = $2"
+                "SELECT {AGENT_COLUMNS}, password_hash, credential_version
+                   FROM agents WHERE tenant_id = $1 AND email = $2"
             ),
             &[&req.tenant, &email],
         )
         .await?;
     tx.commit().await?;
     drop(client);
-    let hash = row.as_ref().map(|r| r.get::<_, String>(7));
+    let hash = row.as_ref().map(|r| r.get::<_, String>(8));
     let valid = auth::verify_password(req.password, hash).await?;
     let row = match row {
         Some(row) if valid => row,
@@ -227,6 +213,10 @@ pub async fn login(
         }
     };
     throttle::succeeded(&state, &subjects).await?;
+    // A deactivated agent is refused like a wrong password, after the password check.
+    if !row.get::<_, bool>(7) {
+        return Err(Error::unauthorized());
+    }
     let id: Uuid = row.get(0);
     let name: String = row.get(1);
     let role = agent_role(row.get(3), row.get(4));
@@ -238,17 +228,16 @@ pub async fn login(
         state.config.session_ttl.as_secs(),
     );
     claims.name = Some(name.clone());
+    claims.ver = Some(version_of(&row, 9));
+    claims.sid = Some(Uuid::new_v4());
     let token = state.signer.sign(&claims)?;
     let agent = agent_from_row(&row);
     Ok(Json(json!({"token": token, "agent": agent})))
 }
 
-/// The token role of an agent row: bots are `bot` whatever their role column says.
-fn agent_role(role: &str, kind: &str) -> Role {
-    if kind == "bot" {
-        return Role::Bot;
-    }
-    Role::parse(role).unwrap_or(Role::Agent)
+/// The credential version in column `idx` of an agent row (never negative: a CHECK).
+fn version_of(row: &tokio_postgres::Row, idx: usize) -> u32 {
+    u32::try_from(row.get::<_, i32>(idx)).unwrap_or(0)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -280,13 +269,15 @@ pub async fn set_status(
             &format!(
                 "UPDATE agents SET status = $3,
                     status_changed_at = CASE WHEN status = $3 THEN status_changed_at ELSE now() END
-              WHERE tenant_id = $1 AND id = $2
+              WHERE tenant_id = $1 AND id = $2 AND (deactivated_at IS NULL OR $3 = 'offline')
              RETURNING {AGENT_COLUMNS}"
             ),
             &[&tenant, &id, &req.status],
         )
-        .await?
-        .ok_or_else(|| Error::not_found("agent"))?;
+        .await?;
+    let Some(row) = row else {
+        return Err(missing_or_deactivated(&tx, tenant, id).await);
+    };
     tx.commit().await?;
     drop(client);
     crate::presence::announce(&state, tenant, id, &req.status).await;
@@ -342,8 +333,8 @@ pub async fn list_agents(
         .iter()
         .map(|r| {
             let mut a = agent_from_row(r);
-            a["open_conversations"] = json!(r.get::<_, i32>(7));
-            a["last_assigned_at"] = json!(r.get::<_, Option<i64>>(8));
+            a["open_conversations"] = json!(r.get::<_, i32>(8));
+            a["last_assigned_at"] = json!(r.get::<_, Option<i64>>(9));
             a
         })
         .collect();
@@ -365,7 +356,8 @@ pub struct AgentUpdate {
 }
 
 /// `PATCH /v1/agents/{id}` (API key or admin): name, role, capacity. Raising capacity
-/// lets the agent take queued conversations at once.
+/// lets the agent take queued conversations at once. A role change revokes the agent's
+/// earlier tokens (sessions and connections carry the old role).
 #[utoipa::path(patch, path = "/v1/agents/{id}", request_body = AgentUpdate, security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "agent id")),
     responses((status = 200, body = AgentBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -394,20 +386,39 @@ pub async fn update_agent(
     }
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
-    let row = tx
+    let old: String = tx
         .query_opt(
-            &format!(
-                "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
-                    max_concurrent = coalesce($5, max_concurrent)
-              WHERE tenant_id = $1 AND id = $2
-             RETURNING {AGENT_COLUMNS}"
-            ),
-            &[&tenant, &id, &name, &req.role, &req.max_concurrent],
+            "SELECT role FROM agents WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            &[&tenant, &id],
         )
         .await?
-        .ok_or_else(|| Error::not_found("agent"))?;
+        .ok_or_else(|| Error::not_found("agent"))?
+        .get(0);
+    let role_changed = req.role.as_deref().is_some_and(|r| r != old);
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
+                    max_concurrent = coalesce($5, max_concurrent),
+                    credential_version = credential_version + $6
+              WHERE tenant_id = $1 AND id = $2
+             RETURNING {AGENT_COLUMNS}, credential_version"
+            ),
+            &[
+                &tenant,
+                &id,
+                &name,
+                &req.role,
+                &req.max_concurrent,
+                &i32::from(role_changed),
+            ],
+        )
+        .await?;
     tx.commit().await?;
     drop(client);
+    if role_changed {
+        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+    }
     if req.max_concurrent.is_some() {
         lifecycle::capacity_changed(&state, tenant).await;
     }
@@ -432,10 +443,10 @@ pub async fn connect_token(
     OptionalJson(req): OptionalJson<ConnectTokenRequest>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant()?;
-    let (principal, agent) = match (caller, req.agent_id) {
-        (Caller::Agent { id, .. }, None) => (id, true),
-        (Caller::Visitor { id, .. }, None) => (id, false),
-        (Caller::ApiKey { .. }, Some(id)) => (id, true),
+    let (principal, agent, sid) = match (caller, req.agent_id) {
+        (Caller::Agent { id, sid, .. }, None) => (id, true, sid),
+        (Caller::Visitor { id, .. }, None) => (id, false, None),
+        (Caller::ApiKey { .. }, Some(id)) => (id, true, None),
         (Caller::ApiKey { .. }, None) => {
             return Err(Error::bad_request("agent_id is required with an API key"))
         }
@@ -447,17 +458,22 @@ pub async fn connect_token(
     };
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
-    let (role, name) = if agent {
+    let (role, name, ver) = if agent {
         let row = tx
             .query_opt(
-                "SELECT role, kind, name FROM agents WHERE tenant_id = $1 AND id = $2",
+                "SELECT role, kind, name, deactivated_at IS NULL, credential_version
+                   FROM agents WHERE tenant_id = $1 AND id = $2",
                 &[&tenant, &principal],
             )
             .await?
             .ok_or_else(|| Error::not_found("agent"))?;
+        if !row.get::<_, bool>(3) {
+            return Err(Error::forbidden("the agent is deactivated"));
+        }
         (
             agent_role(row.get(0), row.get(1)),
             row.get::<_, Option<String>>(2),
+            Some(version_of(&row, 4)),
         )
     } else {
         let row = tx
@@ -467,15 +483,23 @@ pub async fn connect_token(
             )
             .await?
             .ok_or_else(|| Error::not_found("visitor"))?;
-        (Role::Visitor, row.get::<_, Option<String>>(0))
+        (Role::Visitor, row.get::<_, Option<String>>(0), None)
     };
     tx.commit().await?;
+    let ids = TokenIds { ver, sid };
     let (token, expires_at) =
-        mint_connect_token(&state, tenant, principal, role, name, req.origins)?;
+        mint_connect_token(&state, tenant, principal, role, name, req.origins, ids)?;
     Ok(Json(
         json!({"token": token, "expires_at": expires_at, "edge_url": edge_url(&state),
                "edge_urls": state.config.edge_urls}),
     ))
+}
+
+/// The credential version and session a connection token carries (agents only).
+#[derive(Default)]
+struct TokenIds {
+    ver: Option<u32>,
+    sid: Option<Uuid>,
 }
 
 fn mint_connect_token(
@@ -485,6 +509,7 @@ fn mint_connect_token(
     role: Role,
     name: Option<String>,
     origins: Option<Vec<String>>,
+    ids: TokenIds,
 ) -> Result<(String, u64)> {
     let mut claims = Claims::new(
         tenant,
@@ -495,6 +520,8 @@ fn mint_connect_token(
     );
     claims.name = name;
     claims.origins = origins.filter(|o| !o.is_empty());
+    claims.ver = ids.ver;
+    claims.sid = ids.sid;
     Ok((state.signer.sign(&claims)?, claims.exp))
 }
 
@@ -616,8 +643,15 @@ pub async fn widget_session(
     );
     claims.name = identity.name.clone();
     let token = state.signer.sign(&claims)?;
-    let (connect_token, _) =
-        mint_connect_token(&state, tenant, visitor, Role::Visitor, identity.name, None)?;
+    let (connect_token, _) = mint_connect_token(
+        &state,
+        tenant,
+        visitor,
+        Role::Visitor,
+        identity.name,
+        None,
+        TokenIds::default(),
+    )?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -628,4 +662,343 @@ pub async fn widget_session(
             "edge_urls": state.config.edge_urls,
         })),
     ))
+}
+
+/// Why an agent row was not updated: it does not exist (404) or is deactivated (409).
+async fn missing_or_deactivated(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: Uuid,
+    id: Uuid,
+) -> Error {
+    match tx
+        .query_opt(
+            "SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await
+    {
+        Ok(Some(_)) => Error::client(
+            relaydesk_shared::ErrorCode::Conflict,
+            "the agent is deactivated",
+        ),
+        Ok(None) => Error::not_found("agent"),
+        Err(e) => e.into(),
+    }
+}
+
+/// Tells the edges that every token of the agent below credential version `min` is revoked.
+async fn revoke_below(state: &AppState, tenant: Uuid, agent: Uuid, min: u32) -> Result<()> {
+    crate::revoke::publish(
+        state,
+        Revoked::Version {
+            tenant,
+            principal: agent,
+            min,
+        },
+    )
+    .await
+}
+
+/// Bumps an active agent's credential version in `tx`; `None` if no active agent matched.
+async fn bump_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<u32>> {
+    Ok(tx
+        .query_opt(
+            "UPDATE agents SET credential_version = credential_version + 1
+              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
+             RETURNING credential_version",
+            &[&tenant, &id],
+        )
+        .await?
+        .map(|r| version_of(&r, 0)))
+}
+
+/// `POST /v1/auth/logout` (an agent's session token): ends this session. Its token and
+/// the connection tokens minted with it stop working; the agent's other sessions go on.
+#[utoipa::path(post, path = "/v1/auth/logout", security(("bearer" = [])),
+    responses((status = 204, description = "the session is revoked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> Result<StatusCode> {
+    let Caller::Agent {
+        tenant, id, sid, ..
+    } = caller
+    else {
+        return Err(Error::forbidden("needs an agent's session token"));
+    };
+    let Some(sid) = sid else {
+        return Err(Error::bad_request(
+            "this token has no session id: use /v1/auth/logout-all",
+        ));
+    };
+    let until = crate::revoke::until_ms(&state);
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    tx.execute(
+        "DELETE FROM revoked_sessions WHERE tenant_id = $1 AND expires_at < now()",
+        &[&tenant],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO revoked_sessions (tenant_id, sid, expires_at)
+         VALUES ($1, $2, to_timestamp($3::float8 / 1000)) ON CONFLICT DO NOTHING",
+        &[&tenant, &sid, &(until as f64)],
+    )
+    .await?;
+    tx.commit().await?;
+    drop(client);
+    crate::revoke::publish(
+        &state,
+        Revoked::Session {
+            tenant,
+            principal: id,
+            sid,
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/auth/logout-all` (an agent's session token): revokes every token the agent
+/// holds, this one included.
+#[utoipa::path(post, path = "/v1/auth/logout-all", security(("bearer" = [])),
+    responses((status = 204, description = "every token of the agent is revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn logout_all(State(state): State<Arc<AppState>>, caller: Caller) -> Result<StatusCode> {
+    let Caller::Agent { tenant, id, .. } = caller else {
+        return Err(Error::forbidden("needs an agent's session token"));
+    };
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let min = bump_version(&tx, tenant, id)
+        .await?
+        .ok_or_else(Error::unauthorized)?;
+    tx.commit().await?;
+    drop(client);
+    revoke_below(&state, tenant, id, min).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordChange {
+    /// The current password: required when agents change their own.
+    #[serde(default)]
+    current: Option<String>,
+    /// At least 8 characters.
+    new: String,
+}
+
+/// `PUT /v1/agents/{id}/password`: agents change their own (giving `current`); an admin
+/// or the API key sets another agent's. Revokes every token the agent holds.
+#[utoipa::path(put, path = "/v1/agents/{id}/password", request_body = PasswordChange, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "agent id")),
+    responses((status = 204, description = "changed; the agent's tokens are revoked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_password(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<PasswordChange>,
+) -> Result<StatusCode> {
+    let (tenant, own) = match caller {
+        Caller::Agent { tenant, id: me, .. } if me == id => (tenant, true),
+        _ => (caller.tenant_admin()?, false),
+    };
+    if req.new.len() < 8 {
+        return Err(Error::bad_request(
+            "the new password must have at least 8 characters",
+        ));
+    }
+    if own {
+        let Some(current) = req.current else {
+            return Err(Error::bad_request("current is required"));
+        };
+        let mut client = state.pool.get().await?;
+        let tx = db::tenant_tx(&mut client, tenant).await?;
+        let hash: String = tx
+            .query_opt(
+                "SELECT password_hash FROM agents WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &id],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))?
+            .get(0);
+        tx.commit().await?;
+        if !auth::verify_password(current, Some(hash)).await? {
+            return Err(Error::forbidden("the current password is wrong"));
+        }
+    }
+    let hash = auth::hash_password(req.new).await?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let min = tx
+        .query_opt(
+            "UPDATE agents SET password_hash = $3, credential_version = credential_version + 1
+              WHERE tenant_id = $1 AND id = $2
+             RETURNING credential_version",
+            &[&tenant, &id, &hash],
+        )
+        .await?
+        .map(|r| version_of(&r, 0))
+        .ok_or_else(|| Error::not_found("agent"))?;
+    tx.commit().await?;
+    drop(client);
+    revoke_below(&state, tenant, id, min).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/agents/{id}/deactivate` (API key or admin): the agent can no longer log in,
+/// every token it holds is revoked (its sockets are closed with 4501), it is set offline
+/// and receives no new assignments. Conversations assigned to it stay assigned (transfer
+/// them). Deactivating a deactivated agent changes nothing.
+#[utoipa::path(post, path = "/v1/agents/{id}/deactivate", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "agent id")),
+    responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deactivate(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>> {
+    let tenant = caller.tenant_admin()?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let changed = tx
+        .query_opt(
+            &format!(
+                "UPDATE agents SET deactivated_at = now(), credential_version = credential_version + 1,
+                    status = 'offline',
+                    status_changed_at = CASE WHEN status = 'offline' THEN status_changed_at ELSE now() END
+              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
+             RETURNING {AGENT_COLUMNS}, credential_version"
+            ),
+            &[&tenant, &id],
+        )
+        .await?;
+    let newly = changed.is_some();
+    let row = match changed {
+        Some(row) => row,
+        None => tx
+            .query_opt(
+                &format!(
+                    "SELECT {AGENT_COLUMNS}, credential_version FROM agents
+                      WHERE tenant_id = $1 AND id = $2"
+                ),
+                &[&tenant, &id],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))?,
+    };
+    tx.commit().await?;
+    drop(client);
+    if newly {
+        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+        crate::presence::announce(&state, tenant, id, "offline").await;
+        tracing::info!(%tenant, agent = %id, "agent deactivated");
+    }
+    Ok(Json(json!({ "agent": agent_from_row(&row) })))
+}
+
+/// `POST /v1/agents/{id}/activate` (API key or admin): the agent may log in again (it
+/// stays offline until it sets its status).
+#[utoipa::path(post, path = "/v1/agents/{id}/activate", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "agent id")),
+    responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn activate(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>> {
+    let tenant = caller.tenant_admin()?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE agents SET deactivated_at = NULL WHERE tenant_id = $1 AND id = $2
+                 RETURNING {AGENT_COLUMNS}"
+            ),
+            &[&tenant, &id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("agent"))?;
+    tx.commit().await?;
+    Ok(Json(json!({ "agent": agent_from_row(&row) })))
+}
+
+/// `GET /v1/api-keys` (API key or admin): the tenant's keys, without their secrets.
+#[utoipa::path(get, path = "/v1/api-keys", security(("bearer" = [])),
+    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_api_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Value>> {
+    let tenant = caller.tenant_admin()?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let rows = tx
+        .query(
+            "SELECT id, (extract(epoch FROM created_at) * 1000)::int8, prefix
+               FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+            &[&tenant],
+        )
+        .await?;
+    tx.commit().await?;
+    let keys: Vec<Value> = rows.iter().map(api_key_json).collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+fn api_key_json(r: &tokio_postgres::Row) -> Value {
+    let prefix: String = r.get(2);
+    json!({"id": r.get::<_, Uuid>(0), "created_at": r.get::<_, i64>(1),
+           "prefix": (!prefix.is_empty()).then_some(prefix)})
+}
+
+/// `POST /v1/api-keys` (API key or admin): a new key, shown once in the answer.
+#[utoipa::path(post, path = "/v1/api-keys", security(("bearer" = [])),
+    responses((status = 201, body = ApiKeyCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_api_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<Value>)> {
+    let tenant = caller.tenant_admin()?;
+    let key = auth::new_api_key(tenant);
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO api_keys (tenant_id, id, key_hash, prefix) VALUES ($1, $2, $3, $4)
+             RETURNING id, (extract(epoch FROM created_at) * 1000)::int8, prefix",
+            &[&tenant, &Uuid::new_v4(), &key.hash, &key.prefix],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"api_key": api_key_json(&row), "key": key.key})),
+    ))
+}
+
+/// `DELETE /v1/api-keys/{id}` (API key or admin): the key stops working at once (a key
+/// may delete itself).
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "API key id")),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_api_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode> {
+    let tenant = caller.tenant_admin()?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let n = tx
+        .execute(
+            "DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+    tx.commit().await?;
+    if n == 0 {
+        return Err(Error::not_found("API key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -29,7 +29,9 @@ pub(super) fn by(caller: Caller) -> Result<(Uuid, By)> {
     match caller {
         Caller::Operator => Err(Error::forbidden("the operator token has no tenant")),
         Caller::ApiKey { tenant } => Ok((tenant, By::Tenant)),
-        Caller::Agent { tenant, id, role } => Ok((tenant, By::Staff { id, role })),
+        Caller::Agent {
+            tenant, id, role, ..
+        } => Ok((tenant, By::Staff { id, role })),
         Caller::Visitor { tenant, id } => Ok((tenant, By::Visitor { id })),
     }
 }
@@ -255,6 +257,7 @@ pub async fn note(
         tenant,
         id: me,
         role,
+        ..
     } = caller
     else {
         return Err(Error::forbidden("notes are written by agents"));

@@ -84,7 +84,9 @@ fn reader(caller: Caller) -> Result<(Uuid, Option<(Uuid, Role)>)> {
     match caller {
         Caller::Operator => Err(Error::forbidden("the operator token has no tenant")),
         Caller::ApiKey { tenant } => Ok((tenant, None)),
-        Caller::Agent { tenant, id, role } => Ok((tenant, Some((id, role)))),
+        Caller::Agent {
+            tenant, id, role, ..
+        } => Ok((tenant, Some((id, role)))),
         Caller::Visitor { tenant, id } => Ok((tenant, Some((id, Role::Visitor)))),
     }
 }

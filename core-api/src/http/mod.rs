@@ -68,7 +68,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/teams/{id}/members", put(support::set_team_members))
         .route("/v1/agents/{id}/status", put(accounts::set_status))
+        .route("/v1/agents/{id}/password", put(accounts::set_password))
+        .route("/v1/agents/{id}/deactivate", post(accounts::deactivate))
+        .route("/v1/agents/{id}/activate", post(accounts::activate))
         .route("/v1/auth/login", post(accounts::login))
+        .route("/v1/auth/logout", post(accounts::logout))
+        .route("/v1/auth/logout-all", post(accounts::logout_all))
+        .route(
+            "/v1/api-keys",
+            get(accounts::list_api_keys).post(accounts::create_api_key),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            axum::routing::delete(accounts::delete_api_key),
+        )
         .route("/v1/connect-tokens", post(accounts::connect_token))
         .route("/v1/widget/sessions", post(accounts::widget_session))
         .route(

@@ -54,6 +54,14 @@ use super::{accounts, actions, conversations, support};
         super::web::widget_config,
         accounts::list_agents,
         accounts::update_agent,
+        accounts::logout,
+        accounts::logout_all,
+        accounts::set_password,
+        accounts::deactivate,
+        accounts::activate,
+        accounts::list_api_keys,
+        accounts::create_api_key,
+        accounts::delete_api_key,
         support::list,
         support::create,
         support::update,
@@ -174,6 +182,30 @@ pub struct Agent {
     pub kind: String,
     pub max_concurrent: i32,
     pub status: String,
+    /// False once deactivated: the agent cannot log in and its tokens are refused.
+    pub active: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    /// Unix ms.
+    pub created_at: i64,
+    /// `rk_` and the first 8 hex digits of the key's secret; null for keys made before
+    /// prefixes were stored.
+    pub prefix: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub api_key: ApiKey,
+    /// The key itself: shown once, stored only as a hash.
+    pub key: String,
 }
 
 #[derive(Serialize, ToSchema)]
