@@ -529,10 +529,19 @@ pub fn accepted(client_id: &str, m: &Message) -> Accepted {
 async fn replay(state: &AppState, src: &Source, conv: Uuid, after: u64) -> Result<Vec<Out>> {
     let mut client = state.pool.get().await?;
     let tx = crate::db::tenant_tx(&mut client, src.tenant).await?;
-    let found = store::conv(&tx, src.tenant, conv).await.and_then(|c| {
-        store::check_access(&c, src.principal, src.role)?;
-        Ok(c)
-    });
+    let found = match store::conv(&tx, src.tenant, conv).await {
+        Ok(c) => store::check_access(
+            &tx,
+            src.tenant,
+            &c,
+            crate::access::Action::Sub,
+            src.principal,
+            src.role,
+        )
+        .await
+        .map(|()| c),
+        Err(e) => Err(e),
+    };
     let c = match found {
         Ok(c) => c,
         Err(Error::Client { code, message }) => {

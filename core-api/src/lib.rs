@@ -6,6 +6,7 @@
 //! edges' egress streams and `accepted` to the sender's → `consumer` XACKs.
 //! Invariant: core-api never holds a client socket; edges never touch PostgreSQL.
 
+pub mod access;
 pub mod auth;
 pub mod blast;
 pub mod config;

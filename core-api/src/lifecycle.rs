@@ -15,6 +15,7 @@ use relaydesk_shared::wire::ConvEvent;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::access::{self, Action};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::events::{self, Change};
@@ -103,15 +104,23 @@ pub async fn lock(tx: &Transaction<'_>, tenant: Uuid, conv: Uuid) -> Result<Lock
     })
 }
 
-/// Staff who may act on the conversation: supervisors (and the tenant) always, agents
-/// and bots when they take part in it. Visitors learn nothing of others' conversations.
-fn may_act(c: &Locked, by: By) -> Result<()> {
-    match by {
-        _ if by.supervises() => Ok(()),
-        By::Staff { id, .. } if c.assignee == Some(id) || c.participants.contains(&id) => Ok(()),
-        By::Visitor { id } if id != c.visitor => Err(Error::not_found("conversation")),
-        _ => Err(Error::forbidden("not a participant of this conversation")),
+impl Locked {
+    /// What the access rule (`access`) looks at.
+    fn view(&self) -> access::Conv<'_> {
+        access::Conv {
+            id: self.id,
+            visitor: self.visitor,
+            assignee: self.assignee,
+            status: &self.status,
+            participants: &self.participants,
+            reopenable: self.reopenable,
+        }
     }
+}
+
+/// Whether `by` may take `action` on the locked conversation: the one rule of `access`.
+async fn may(tx: &Transaction<'_>, tenant: Uuid, c: &Locked, action: Action, by: By) -> Result<()> {
+    access::check(tx, tenant, action, by, &c.view()).await
 }
 
 fn conflict(message: impl Into<String>) -> Error {
@@ -281,12 +290,14 @@ pub async fn assign(
     agent: Uuid,
     by: By,
 ) -> Result<Change> {
+    // Supervisors (and the tenant) assign, to anyone; an agent takes a queued
+    // conversation for itself.
     let self_assign = by.id() == Some(agent) && !by.supervises();
-    if !by.supervises() && !self_assign {
-        return Err(Error::forbidden(
-            "only supervisors assign to others; agents may take queued conversations",
-        ));
-    }
+    let action = if self_assign {
+        Action::Take
+    } else {
+        Action::Assign
+    };
     let check = |c: &Locked| {
         if self_assign && c.status != "queued" {
             return Err(conflict("the conversation is not in the queue"));
@@ -299,7 +310,7 @@ pub async fn assign(
         reason: None,
         event: ConvEvent::Assigned,
     };
-    reassign(state, tenant, conv, by, check, to).await
+    reassign(state, tenant, conv, by, action, check, to).await
 }
 
 /// Where [`reassign`] moves a conversation, and how the move is recorded.
@@ -317,6 +328,7 @@ async fn reassign(
     tenant: Uuid,
     conv: Uuid,
     by: By,
+    action: Action,
     check: impl Fn(&Locked) -> Result<()>,
     to: Target<'_>,
 ) -> Result<Change> {
@@ -324,6 +336,7 @@ async fn reassign(
         let mut client = state.pool.get().await?;
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = lock(&tx, tenant, conv).await?;
+        may(&tx, tenant, &c, action, by).await?;
         check(&c)?;
         not_resolved(&c)?;
         let ch = move_to(
@@ -427,7 +440,16 @@ pub async fn transfer(
         reason,
         event: ConvEvent::Transferred,
     };
-    reassign(state, tenant, conv, by, |c: &Locked| may_act(c, by), to).await
+    reassign(
+        state,
+        tenant,
+        conv,
+        by,
+        Action::Transfer,
+        |_: &Locked| Ok(()),
+        to,
+    )
+    .await
 }
 
 /// Releases the locked conversation's assignee (if it holds a slot) and marks them as
@@ -462,7 +484,7 @@ pub async fn escalate(
         let mut client = state.pool.get().await?;
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = lock(&tx, tenant, conv).await?;
-        may_act(&c, by)?;
+        may(&tx, tenant, &c, Action::Escalate, by).await?;
         not_resolved(&c)?;
         let current = routing::support_type(&tx, tenant, &c.support_type).await?;
         let target_key = match to {
@@ -524,18 +546,11 @@ pub async fn handoff(
         let mut client = state.pool.get().await?;
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = lock(&tx, tenant, conv).await?;
-        let holder = match by {
-            By::Staff { id, .. } if c.assignee == Some(id) && c.status == "assigned" => id,
-            _ if by.supervises() && c.status == "assigned" && c.assignee.is_some() => {
-                c.assignee.unwrap_or_default()
-            }
-            By::Visitor { id } if id != c.visitor => return Err(Error::not_found("conversation")),
-            _ => {
-                return Err(Error::forbidden(
-                    "only the agent holding the conversation hands it off",
-                ))
-            }
-        };
+        may(&tx, tenant, &c, Action::Handoff, by).await?;
+        let holder = c
+            .assignee
+            .filter(|_| c.status == "assigned")
+            .ok_or_else(|| conflict("only an assigned conversation is handed off"))?;
         let st = routing::support_type(&tx, tenant, &c.support_type).await?;
         routing::release_slot(&tx, tenant, holder).await?;
         routing::leave(&tx, tenant, conv, holder, "handoff").await?;
@@ -582,7 +597,7 @@ pub async fn resolve(
         let mut client = state.pool.get().await?;
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = lock(&tx, tenant, conv).await?;
-        may_act(&c, by)?;
+        may(&tx, tenant, &c, Action::Resolve, by).await?;
         if c.status == "resolved" {
             return Err(conflict("the conversation is already resolved",
             ));
@@ -618,25 +633,15 @@ pub async fn resolve(
 }
 
 /// Reopens a resolved conversation (or wakes a snoozed one), preferring the agent who
-/// had it. Staff may reopen at any time; a visitor's message reopens it within the
-/// support type's reopen window (see `store::commit_sends`).
+/// had it. Who may: `access` (supervisors any, agents one they took part in, the
+/// visitor its own within the support type's reopen window, as its message does, see
+/// `store::commit_sends`).
 pub async fn reopen(state: &AppState, tenant: Uuid, conv: Uuid, by: By) -> Result<Change> {
     let ch = retrying(|| async {
         let mut client = state.pool.get().await?;
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = lock(&tx, tenant, conv).await?;
-        match by {
-            By::Visitor { id } if id != c.visitor => return Err(Error::not_found("conversation")),
-            By::Visitor { .. } if !c.reopenable => {
-                return Err(Error::forbidden(
-                    "the reopen window of this conversation has passed",
-                ))
-            }
-            By::Staff { role, .. } if !role.is_staff() => {
-                return Err(Error::forbidden("staff only"))
-            }
-            _ => {}
-        }
+        may(&tx, tenant, &c, Action::Reopen, by).await?;
         let ch = reopen_locked(&tx, tenant, &c, by).await?;
         tx.commit().await?;
         Ok(ch)
@@ -779,7 +784,7 @@ pub async fn snooze(
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = lock(&tx, tenant, conv).await?;
-    may_act(&c, by)?;
+    may(&tx, tenant, &c, Action::Snooze, by).await?;
     if until_ms.is_some_and(|u| u <= crate::fanout::now_ms() as i64) {
         return Err(Error::bad_request("until must be in the future"));
     }
@@ -823,12 +828,10 @@ pub async fn join(
     agent: Uuid,
     by: By,
 ) -> Result<Change> {
-    if !by.supervises() {
-        return Err(Error::forbidden("supervisors join conversations"));
-    }
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = lock(&tx, tenant, conv).await?;
+    may(&tx, tenant, &c, Action::Join, by).await?;
     tx.query_opt(
         "SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2",
         &[&tenant, &agent],
@@ -878,7 +881,7 @@ pub async fn tag(
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = lock(&tx, tenant, conv).await?;
-    may_act(&c, by)?;
+    may(&tx, tenant, &c, Action::Tag, by).await?;
     let tags: Vec<String> = tx
         .query_one(
             "UPDATE conversations SET updated_at = now(), tags = ARRAY(
@@ -919,12 +922,7 @@ pub async fn csat(
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = lock(&tx, tenant, conv).await?;
-    match by {
-        By::Visitor { id } if id == c.visitor => {}
-        By::Visitor { .. } => return Err(Error::not_found("conversation")),
-        By::Tenant => {}
-        _ => return Err(Error::forbidden("the visitor rates the conversation")),
-    }
+    may(&tx, tenant, &c, Action::Csat, by).await?;
     if c.status != "resolved" {
         return Err(conflict("only resolved conversations are rated"));
     }
@@ -1052,53 +1050,5 @@ pub async fn drain(state: &AppState, tenant: Uuid) -> Result<usize> {
 pub async fn capacity_changed(state: &AppState, tenant: Uuid) {
     if let Err(e) = drain(state, tenant).await {
         tracing::warn!(error = %e, %tenant, "queue drain failed; the next sweep retries");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn supervisors_act_on_everything_agents_on_their_own() {
-        let me = Uuid::new_v4();
-        let c = Locked {
-            id: Uuid::new_v4(),
-            visitor: Uuid::new_v4(),
-            assignee: Some(Uuid::new_v4()),
-            status: "assigned".into(),
-            support_type: "general".into(),
-            last_seq: 0,
-            reopenable: false,
-            participants: vec![],
-            previous_assignee: None,
-        };
-        assert!(may_act(
-            &c,
-            By::Staff {
-                id: me,
-                role: Role::Supervisor
-            }
-        )
-        .is_ok());
-        assert!(may_act(
-            &c,
-            By::Staff {
-                id: me,
-                role: Role::Agent
-            }
-        )
-        .is_err());
-        let mut mine = c.clone();
-        mine.participants.push(me);
-        assert!(may_act(
-            &mine,
-            By::Staff {
-                id: me,
-                role: Role::Agent
-            }
-        )
-        .is_ok());
-        assert!(may_act(&c, By::Visitor { id: me }).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Messages in PostgreSQL: idempotent batch commit with gapless per-conversation `seq`,
-//! history reads, receipts, and the access rule every path shares.
+//! history reads, receipts, and the conversation view the access rule (`access`) reads.
 //!
 //! [`commit`] is where a message becomes durable. Per batch, one transaction, and per
 //! tenant in it two statements, each prepared once per connection: [`LOCK_SQL`] locks
@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::access;
 use crate::db;
 use crate::error::{Error, Result};
 
@@ -74,28 +75,31 @@ pub struct ConvRef {
     pub reopenable: bool,
 }
 
-/// Whether `who` (`role`) may read and write the conversation. Visitors learn nothing of
-/// conversations that are not theirs (`not_found`); agents work on what they take part
-/// in or what waits in the queue; bots only on what they hold (so a bot that handed a
-/// conversation off is refused); supervisors and admins on everything.
-pub fn check_access(conv: &ConvRef, who: Uuid, role: Role) -> Result<()> {
-    let takes_part = conv.assignee_id == Some(who) || conv.participants.contains(&who);
-    let allowed = match role {
-        Role::Visitor => {
-            if conv.visitor_id != who {
-                return Err(Error::not_found("conversation"));
-            }
-            true
+impl ConvRef {
+    /// What the access rule (`access`) looks at.
+    pub fn view(&self) -> access::Conv<'_> {
+        access::Conv {
+            id: self.id,
+            visitor: self.visitor_id,
+            assignee: self.assignee_id,
+            status: &self.status,
+            participants: &self.participants,
+            reopenable: self.reopenable,
         }
-        Role::Agent => takes_part || conv.status == "queued",
-        Role::Bot => takes_part && conv.status != "resolved",
-        Role::Supervisor | Role::Admin => true,
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(Error::forbidden("not a participant of this conversation"))
     }
+}
+
+/// Whether `who` (`role`) may take `action` on the conversation: the one rule of
+/// `access`, for a principal of a token.
+pub async fn check_access(
+    tx: &Transaction<'_>,
+    tenant: Uuid,
+    conv: &ConvRef,
+    action: access::Action,
+    who: Uuid,
+    role: Role,
+) -> Result<()> {
+    access::check(tx, tenant, action, access::by_role(who, role), &conv.view()).await
 }
 
 /// Validates what a client may not send whatever the conversation.
@@ -374,13 +378,9 @@ async fn commit_tenant(
         let conv = locked.get(&m.conv).map(|(c, _)| c);
         let access = match conv {
             None => Err(Error::not_found("conversation")),
-            Some(c) if c.status == "resolved" && m.from.role == Role::Visitor && !c.reopenable => {
-                Err(Error::client(
-                    ErrorCode::Forbidden,
-                    "conversation is resolved",
-                ))
+            Some(c) => {
+                check_access(tx, tenant, c, access::Action::Send, m.from.id, m.from.role).await
             }
-            Some(c) => check_access(c, m.from.id, m.from.role),
         };
         if let Err(e) = access {
             outcomes[i] = Some(refused(e));

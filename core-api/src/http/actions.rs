@@ -1,12 +1,14 @@
 //! Conversation lifecycle over HTTP: assign, transfer, escalate, hand off, resolve,
 //! reopen, snooze, join, notes, tags and CSAT; the conversation list, the queue, and
-//! the assignment history. The rules live in `lifecycle`; these handlers check input.
+//! the assignment history. The rules live in `lifecycle` and, for who may act, in
+//! `access`; these handlers check input.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use relaydesk_shared::token::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -17,6 +19,7 @@ use super::openapi::{
     AcceptedBody, Assignments, ConversationBody, ConversationList, ErrorBody, QueueBody, TagsBody,
 };
 use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::access::{self, Action};
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{Error, Result};
@@ -71,7 +74,7 @@ pub async fn assign(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<AssignRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     lifecycle::assign(&state, tenant, id, req.agent_id, by).await?;
     answer(&state, tenant, id, by).await
 }
@@ -93,7 +96,7 @@ pub async fn transfer(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<TransferRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let reason = bounded(req.reason.as_deref(), "reason", 500)?;
     lifecycle::transfer(&state, tenant, id, req.agent_id, reason, by).await?;
     answer(&state, tenant, id, by).await
@@ -117,7 +120,7 @@ pub async fn escalate(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<EscalateRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let reason = bounded(Some(&req.reason), "reason", 500)?
         .filter(|r| !r.trim().is_empty())
         .ok_or_else(|| Error::bad_request("reason is required"))?;
@@ -132,17 +135,18 @@ pub struct HandoffRequest {
 }
 
 /// `POST /v1/conversations/{id}/handoff` (the bot holding it): reassigned to humans (or
-/// queued); the bot's later sends to it are refused `forbidden`.
+/// queued); the bot's later sends to it are refused `forbidden`. `409` when it is not
+/// assigned.
 #[utoipa::path(post, path = "/v1/conversations/{id}/handoff", request_body(content = HandoffRequest, description = "optional"), security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "conversation id")),
-    responses((status = 200, body = ConversationBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = ConversationBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn handoff(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     OptionalJson(req): OptionalJson<HandoffRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let reason = bounded(req.reason.as_deref(), "reason", 500)?;
     lifecycle::handoff(&state, tenant, id, reason, by).await?;
     answer(&state, tenant, id, by).await
@@ -164,7 +168,7 @@ pub async fn resolve(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     lifecycle::resolve(&state, tenant, id, &req.reason, by).await?;
     answer(&state, tenant, id, by).await
 }
@@ -205,7 +209,7 @@ pub async fn snooze(
             "until must be a Unix ms time no later than 9999-12-31",
         ));
     }
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     lifecycle::snooze(&state, tenant, id, req.until, by).await?;
     answer(&state, tenant, id, by).await
 }
@@ -227,7 +231,7 @@ pub async fn join(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let agent = req
         .agent_id
         .or(by.id())
@@ -253,13 +257,13 @@ pub async fn note(
     headers: HeaderMap,
     ApiJson(req): ApiJson<NoteRequest>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let Caller::Agent {
-        tenant,
-        id: me,
-        role,
-        ..
-    } = caller
-    else {
+    let (tenant, by) = by(caller)?;
+    let By::Staff { id: me, role } = by else {
+        // The same answer as the rule's: 404 for a visitor's look at another's.
+        let mut client = state.pool.get().await?;
+        let tx = db::tenant_tx(&mut client, tenant).await?;
+        let c = store::conv(&tx, tenant, id).await?;
+        access::check(&tx, tenant, Action::Note, by, &c.view()).await?;
         return Err(Error::forbidden("notes are written by agents"));
     };
     if req.text.trim().is_empty() || req.text.len() > 20_000 {
@@ -307,7 +311,7 @@ pub async fn tags(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<TagsRequest>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let tags = lifecycle::tag(&state, tenant, id, &req.add, &req.remove, by).await?;
     Ok(Json(json!({ "tags": tags })))
 }
@@ -388,11 +392,21 @@ pub async fn list(
         ),
     };
     let cursor = q.cursor.as_deref().map(super::parse_cursor).transpose()?;
-    // Who may see what: a visitor only theirs; an agent what they take part in or the queue.
+    // Who may see what (`access`, the read rule): a visitor only theirs; an agent what
+    // it takes part in and the queue of its support types; a bot what it takes part in.
     let (only_visitor, only_agent) = match by {
         By::Visitor { id } => (Some(id), None),
         By::Staff { id, role } if !role.is_supervisor() => (None, Some(id)),
         _ => (None, None),
+    };
+    let queue_visible = match by {
+        By::Staff {
+            role: Role::Agent, ..
+        } => format!(
+            "(c.status = 'queued' AND {})",
+            access::eligible_sql("$1", "$6")
+        ),
+        _ => "false".to_owned(),
     };
     let visitor = only_visitor.or(q.visitor_id);
     let (cursor_ms, cursor_id) = cursor.unzip();
@@ -404,7 +418,7 @@ pub async fn list(
             AND ($3::uuid IS NULL OR c.assignee_id = $3)
             AND ($4::text IS NULL OR c.support_type = $4)
             AND ($5::uuid IS NULL OR c.visitor_id = $5)
-            AND ($6::uuid IS NULL OR c.status = 'queued' OR c.assignee_id = $6
+            AND ($6::uuid IS NULL OR {queue_visible} OR c.assignee_id = $6
                  OR EXISTS (SELECT 1 FROM participants p WHERE p.tenant_id = c.tenant_id
                              AND p.conversation_id = c.id AND p.agent_id = $6 AND p.left_at IS NULL))
             AND ($7::int8 IS NULL
@@ -448,11 +462,17 @@ pub async fn list(
 }
 
 /// `GET /v1/queue` (staff): queued conversations in the order they will be assigned
-/// (priority, then waiting longest), and depth and longest wait per support type.
+/// (priority, then waiting longest), and depth and longest wait per support type. An
+/// agent sees the conversations of the support types it may take (the read rule of
+/// `access`); supervisors and admins all of them.
 #[utoipa::path(get, path = "/v1/queue", security(("bearer" = [])),
     responses((status = 200, body = QueueBody), (status = 403, body = ErrorBody)))]
 pub async fn queue(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<Value>> {
-    let (tenant, _) = staff(caller)?;
+    let (tenant, by) = staff(caller)?;
+    let only: Option<Uuid> = match by {
+        By::Staff { id, role } if !role.is_supervisor() => Some(id),
+        _ => None,
+    };
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let rows = tx
@@ -460,9 +480,11 @@ pub async fn queue(State(state): State<Arc<AppState>>, caller: Caller) -> Result
             &format!(
                 "SELECT {CONVERSATION_COLUMNS} FROM conversations c
                   WHERE c.tenant_id = $1 AND c.status = 'queued'
-                  ORDER BY c.priority DESC, c.queued_at, c.id LIMIT 500"
+                    AND ($2::uuid IS NULL OR {})
+                  ORDER BY c.priority DESC, c.queued_at, c.id LIMIT 500",
+                access::eligible_sql("$1", "$2")
             ),
-            &[&tenant],
+            &[&tenant, &only],
         )
         .await?;
     let stats = tx
@@ -501,15 +523,11 @@ pub async fn assignments(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
-    let (tenant, by) = staff(caller)?;
+    let (tenant, by) = by(caller)?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = store::conv(&tx, tenant, id).await?;
-    if let By::Staff { id: me, role } = by {
-        if !role.is_supervisor() && c.assignee_id != Some(me) && !c.participants.contains(&me) {
-            return Err(Error::forbidden("not a participant of this conversation"));
-        }
-    }
+    access::check(&tx, tenant, Action::Assignments, by, &c.view()).await?;
     let rows = tx
         .query(
             "SELECT id, (extract(epoch FROM at) * 1000)::int8, action, strategy, agent_id, actor_id, reason, candidates

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::openapi::{AcceptedBody, ConversationBody, ErrorBody, Messages};
 use super::{ApiJson, ApiPath, ApiQuery};
+use crate::access::Action;
 use crate::auth::Caller;
 use crate::consumer::accepted;
 use crate::db;
@@ -105,7 +106,7 @@ pub async fn get(
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let c = store::conv(&tx, tenant, id).await?;
     if let Some((principal, role)) = who {
-        store::check_access(&c, principal, role)?;
+        store::check_access(&tx, tenant, &c, Action::Read, principal, role).await?;
     }
     let conversation =
         conversation_json(&tx, tenant, id, who.is_none_or(|(_, r)| r.is_staff())).await?;
@@ -205,7 +206,7 @@ pub async fn list_messages(
         let tx = db::tenant_tx(&mut client, tenant).await?;
         let c = store::conv(&tx, tenant, id).await?;
         if let Some((principal, role)) = who {
-            store::check_access(&c, principal, role)?;
+            store::check_access(&tx, tenant, &c, Action::ReadMessages, principal, role).await?;
         }
         // Only messages this reader may see count: a note must not end a visitor's wait
         // with an empty answer, so the wait goes on until a visible one is there.

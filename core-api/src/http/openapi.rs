@@ -70,7 +70,7 @@ use super::{accounts, actions, conversations, support};
         support::list_teams,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Bearer, &InputRefusals)
+    modifiers(&Bearer, &InputRefusals, &AccessAnswers)
 )]
 pub struct ApiDoc;
 
@@ -133,6 +133,46 @@ impl Modify for InputRefusals {
                             .into()
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Gives every operation on one conversation (`/v1/conversations/{id}…`) the answers
+/// of the access rule (`crate::access`, the table in ARCHITECTURE.md): 403 when the
+/// caller's role and relation to the conversation do not allow the action, 404 when
+/// there is no such conversation in the caller's tenant or a visitor asks about one not
+/// its own.
+struct AccessAnswers;
+
+impl Modify for AccessAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/conversations/{id}") {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.insert(
+                    "403".into(),
+                    error("forbidden: the access rule does not allow this action to the caller's role in its relation to the conversation (assignee, participant, queued and eligible, former participant, none; ARCHITECTURE.md, \"Access to conversations\")").into(),
+                );
+                responses.insert(
+                    "404".into(),
+                    error("not_found: no such conversation in the caller's tenant, or a visitor's request about a conversation not its own").into(),
+                );
             }
         }
     }
