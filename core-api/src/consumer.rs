@@ -7,8 +7,8 @@
 //! shard (`shard % COMMIT_WORKERS`). After a small read (fewer than [`LINGER_BELOW`]
 //! entries) it waits out `INGRESS_LINGER_US` from that read's start before reading
 //! again, so under load each read, and each batch, takes a few milliseconds' worth of
-//! messages instead of one or two: at 2,000 msg/s this halves the CPU per message of
-//! Redis and core-api and cuts PostgreSQL's by a third (docs/bench/notes.md). A message
+//! messages instead of one or two: at 2,000 msg/s this cut the CPU per message of
+//! Redis by about 30% and core-api's and PostgreSQL's by about 35% (docs/bench/notes.md). A message
 //! arriving when no read is waiting out the linger is read at once.
 //!
 //! Each worker processes its batches one after the other — commit, publish, XACK —

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
@@ -100,13 +101,21 @@ pub struct Limited {
 
 impl Limits {
     pub fn new(config: &Config) -> Arc<Self> {
+        let clock = DefaultClock::default();
         Arc::new(Limits {
             per_ip: Counter::new(config.max_connections_per_ip),
             per_tenant: Counter::new(config.tenant_max_connections),
-            upgrades: RateLimiter::direct(per_second(config.upgrades_per_sec)),
-            tenant_sends: RateLimiter::keyed(per_second(config.tenant_msgs_per_sec)),
+            upgrades: RateLimiter::direct_with_clock(
+                per_second(config.upgrades_per_sec),
+                clock.clone(),
+            ),
+            tenant_sends: RateLimiter::new(
+                per_second(config.tenant_msgs_per_sec),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
             conn_quota: per_second(config.conn_msgs_per_sec),
-            clock: DefaultClock::default(),
+            clock,
         })
     }
 
