@@ -22,7 +22,7 @@
 //! - a visitor reads and writes its own conversations (writing to a resolved one only
 //!   within the reopen window), rates them, reopens them within the reopen window.
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use relaydesk_shared::token::Role;
 use uuid::Uuid;
 
@@ -268,19 +268,19 @@ pub fn by_role(id: Uuid, role: Role) -> By {
 /// statement) only for an agent or bot that neither holds nor joined the conversation
 /// and only when the answer could depend on it.
 pub async fn check(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     tenant: Uuid,
     action: Action,
     by: By,
     conv: &Conv<'_>,
 ) -> Result<()> {
-    let rel = relation(tx, tenant, by, conv).await?;
+    let rel = relation(db, tenant, by, conv).await?;
     require(action, by, rel, conv)
 }
 
 /// The relation of `by` to `conv`.
 pub async fn relation(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     tenant: Uuid,
     by: By,
     conv: &Conv<'_>,
@@ -293,7 +293,7 @@ pub async fn relation(
             id,
             role: Role::Agent | Role::Bot,
         } => {
-            let row = tx
+            let row = db
                 .query_opt(
                     &format!(
                         "SELECT c.status = 'queued' AND a.kind = 'human' AND {},

@@ -7,7 +7,9 @@
 //! batches of several core-api processes never deadlock); [`COMMIT_SQL`] then looks up which
 //! (conversation, sender, client id) keys already exist, allocates `last_seq + 1, + 2,
 //! …` to the new ones, inserts them, advances `last_seq` and writes webhook events;
-//! receipts ([`RECEIPTS_SQL`]) ride in the same transaction; commit. The row lock
+//! receipts ([`RECEIPTS_SQL`]) ride in the same transaction; commit. `BEGIN` rides
+//! with the first lock and `COMMIT` with the last commit statement (pipelined: one
+//! round trip per tenant plus one). The row lock
 //! serializes allocation, so seqs are gapless and strictly increasing; the dedupe lookup
 //! runs in a statement that starts after the lock is held, so it sees every committed
 //! duplicate, whichever process committed it.
@@ -26,7 +28,6 @@ use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{self, Actor, Message};
 use relaydesk_shared::ErrorCode;
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::access;
@@ -188,6 +189,13 @@ pub async fn commit_sends(pool: &Pool, batch: &[NewMessage]) -> Result<Committed
 
 /// Commits a batch of sends and receipts in one transaction (one fsync); one
 /// [`Outcome`] per send, in input order.
+///
+/// The transaction's statements are pipelined: `BEGIN` travels with the first tenant's
+/// lock, each tenant's commit statement with the next tenant's lock, and `COMMIT` with
+/// the last commit statement, so a batch of one tenant costs two round trips (a batch of
+/// `n` tenants `n + 1`). A statement that fails aborts the transaction, and the `COMMIT`
+/// queued behind it then ends it as a rollback; the outcomes count only once `COMMIT`
+/// has answered.
 pub async fn commit(pool: &Pool, batch: &[NewMessage], receipts: &[Receipt]) -> Result<Committed> {
     let mut wake = Vec::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
@@ -202,23 +210,327 @@ pub async fn commit(pool: &Pool, batch: &[NewMessage], receipts: &[Receipt]) -> 
         by_tenant.entry(r.tenant).or_default().1.push(r);
     }
     if !by_tenant.is_empty() {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        for (tenant, (idx, receipts)) in &by_tenant {
-            if !idx.is_empty() {
-                commit_tenant(&tx, *tenant, batch, idx, &mut outcomes, &mut wake).await?;
-            } else {
-                db::set_tenant(&tx, *tenant).await?;
+        let conn = Exclusive(Some(pool.get().await?));
+        let c = conn.client()?;
+        let st = Statements::prepare(c).await?;
+        let mut pending: Option<Pending<'_>> = None;
+        for (n, (tenant, (idx, receipts))) in by_tenant.iter().enumerate() {
+            let mut conv_ids: Vec<Uuid> = idx.iter().map(|&i| batch[i].conv).collect();
+            conv_ids.sort();
+            conv_ids.dedup();
+            let begin = async {
+                if n == 0 {
+                    c.batch_execute("BEGIN").await?;
+                }
+                Ok::<_, Error>(())
+            };
+            let (_, done, rows) = futures::try_join!(
+                begin,
+                st.finish(c, pending.as_ref()),
+                st.start(c, *tenant, &conv_ids)
+            )?;
+            if let Some(p) = pending.take() {
+                p.settle(batch, &done, &mut outcomes)?;
             }
-            store_receipts(&tx, *tenant, receipts).await?;
+            pending = Some(
+                admit(
+                    c,
+                    *tenant,
+                    batch,
+                    idx,
+                    &rows,
+                    receipts,
+                    &mut outcomes,
+                    &mut wake,
+                )
+                .await?,
+            );
         }
-        tx.commit().await?;
+        let end = async {
+            c.batch_execute("COMMIT").await?;
+            Ok::<_, Error>(())
+        };
+        let (done, ()) = futures::try_join!(st.finish(c, pending.as_ref()), end)?;
+        if let Some(p) = pending {
+            p.settle(batch, &done, &mut outcomes)?;
+        }
+        conn.release();
     }
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| refused(Error::Internal("message left undecided".into()))))
         .collect();
     Ok(Committed { outcomes, wake })
+}
+
+/// A pooled connection whose transaction [`commit`] drives by hand: unless
+/// [`Exclusive::release`]d after its `COMMIT` answered, it is closed instead of going
+/// back to the pool (closing aborts whatever transaction it had open), so an error or a
+/// cancelled commit never hands a connection inside a transaction to the next user.
+struct Exclusive(Option<deadpool_postgres::Client>);
+
+impl Exclusive {
+    fn client(&self) -> Result<&deadpool_postgres::Client> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| Error::Internal("connection already released".into()))
+    }
+
+    /// Back to the pool: its transaction has ended.
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(deadpool_postgres::Client::take(c));
+        }
+    }
+}
+
+/// The batch's statements, prepared once per connection (cached).
+struct Statements {
+    set: tokio_postgres::Statement,
+    lock: tokio_postgres::Statement,
+    commit: tokio_postgres::Statement,
+    receipts: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(c: &deadpool_postgres::Client) -> Result<Statements> {
+        Ok(Statements {
+            set: c.prepare_cached(db::SET_TENANT_SQL).await?,
+            lock: c.prepare_cached(LOCK_SQL).await?,
+            commit: c.prepare_cached(COMMIT_SQL).await?,
+            receipts: c.prepare_cached(RECEIPTS_SQL).await?,
+        })
+    }
+
+    /// A tenant's first step: switch to it and lock its conversations of the batch, in id
+    /// order ([`LOCK_SQL`]). Both requests leave before either answer is awaited
+    /// (tokio-postgres sends a request when its future is first polled, and `try_join!`
+    /// polls in order, so the server runs them in order).
+    async fn start(
+        &self,
+        c: &deadpool_postgres::Client,
+        tenant: Uuid,
+        conv_ids: &Vec<Uuid>,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let scope = tenant.to_string();
+        let set = async {
+            c.execute(&self.set, &[&scope]).await?;
+            Ok::<_, Error>(())
+        };
+        let lock = async {
+            if conv_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok::<_, Error>(c.query(&self.lock, &[&tenant, conv_ids]).await?)
+        };
+        let ((), rows) = futures::try_join!(set, lock)?;
+        Ok(rows)
+    }
+
+    /// A tenant's second step: its commit statement ([`COMMIT_SQL`]) and its receipts
+    /// ([`RECEIPTS_SQL`]); the rows of the commit statement.
+    async fn finish(
+        &self,
+        c: &deadpool_postgres::Client,
+        p: Option<&Pending<'_>>,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let Some(p) = p else {
+            return Ok(Vec::new());
+        };
+        let commit = async {
+            let Some(k) = &p.cols else {
+                return Ok(Vec::new());
+            };
+            let rows = c
+                .query(
+                    &self.commit,
+                    &[
+                        &p.tenant,
+                        &k.conv,
+                        &k.sender,
+                        &k.role,
+                        &k.name,
+                        &k.client,
+                        &k.kind,
+                        &k.body,
+                        &k.id,
+                        &k.reply,
+                        &crate::events::hook::MESSAGE_CREATED,
+                        &k.base,
+                        &k.unanswered,
+                        &k.support_type,
+                        &k.created,
+                    ],
+                )
+                .await?;
+            Ok::<_, Error>(rows)
+        };
+        let receipts = async {
+            if let Some(r) = &p.receipts {
+                c.execute(
+                    &self.receipts,
+                    &[&p.tenant, &r.conv, &r.principal, &r.seq, &r.read],
+                )
+                .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let (rows, ()) = futures::try_join!(commit, receipts)?;
+        Ok(rows)
+    }
+}
+
+/// One tenant's part of a batch between its two steps: what [`Statements::finish`]
+/// sends, and how its answer maps back to the batch.
+struct Pending<'a> {
+    tenant: Uuid,
+    /// Indexes into the batch of the sends [`COMMIT_SQL`] carries, in its order.
+    admitted: Vec<usize>,
+    /// (index, index of the first send with the same key): resends within the batch.
+    repeats: Vec<(usize, usize)>,
+    cols: Option<Columns<'a>>,
+    receipts: Option<ReceiptColumns>,
+}
+
+/// Admits a tenant's sends after its lock: access (with the locked conversations as
+/// read), and the batch's own duplicates (a resend within one batch: the first of each
+/// key goes to the database, the others take its outcome).
+#[allow(clippy::too_many_arguments)]
+async fn admit<'a>(
+    c: &deadpool_postgres::Client,
+    tenant: Uuid,
+    batch: &'a [NewMessage],
+    idx: &[usize],
+    rows: &[tokio_postgres::Row],
+    receipts: &[&Receipt],
+    outcomes: &mut [Option<Outcome>],
+    wake: &mut Vec<(Uuid, Uuid, Uuid)>,
+) -> Result<Pending<'a>> {
+    let locked: HashMap<Uuid, (ConvRef, Head)> = rows
+        .iter()
+        .map(|r| {
+            let head = Head {
+                unanswered: r.get(7),
+                support_type: r.get(8),
+                created: r.get(9),
+            };
+            (r.get(0), (conv_ref(r), head))
+        })
+        .collect();
+    let mut first_of: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
+    let mut admitted = Vec::with_capacity(idx.len());
+    let mut repeats = Vec::new();
+    for &i in idx {
+        let m = &batch[i];
+        let conv = locked.get(&m.conv).map(|(c, _)| c);
+        let access = match conv {
+            None => Err(Error::not_found("conversation")),
+            Some(v) => {
+                let by = access::by_role(m.from.id, m.from.role);
+                access::check(c, tenant, access::Action::Send, by, &v.view()).await
+            }
+        };
+        if let Err(e) = access {
+            outcomes[i] = Some(refused(e));
+            continue;
+        }
+        // A visitor writing to a resolved (within the window) or snoozed conversation
+        // reopens it once this batch has committed.
+        if m.from.role == Role::Visitor
+            && conv.is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
+        {
+            wake.push((tenant, m.conv, m.from.id));
+        }
+        match first_of.entry((m.conv, m.from.id, m.client_id.as_str())) {
+            std::collections::hash_map::Entry::Occupied(first) => repeats.push((i, *first.get())),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                admitted.push(i);
+            }
+        }
+    }
+    let cols = if admitted.is_empty() {
+        None
+    } else {
+        Some(Columns::of(batch, &admitted, &locked)?)
+    };
+    Ok(Pending {
+        tenant,
+        admitted,
+        repeats,
+        cols,
+        receipts: ReceiptColumns::of(receipts),
+    })
+}
+
+impl Pending<'_> {
+    /// Records the outcomes of this tenant's sends from its commit statement's rows.
+    fn settle(
+        self,
+        batch: &[NewMessage],
+        rows: &[tokio_postgres::Row],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<()> {
+        for r in rows {
+            let Some(ord) = r.get::<_, Option<i64>>(0) else {
+                let support_type: String = r.get(9);
+                metrics::histogram!("relaydesk_core_first_response_seconds", "support_type" => support_type)
+                    .record(r.get::<_, f64>(10).max(0.0));
+                continue;
+            };
+            let Some(&i) = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|o| self.admitted.get(o))
+            else {
+                return Err(Error::Internal(format!("commit returned ordinal {ord}")));
+            };
+            let m = &batch[i];
+            let new: bool = r.get(3);
+            let message = if new {
+                Message {
+                    conv: m.conv,
+                    seq: r.get::<_, i64>(1) as u64,
+                    msg: r.get(2),
+                    from: m.from.clone(),
+                    kind: m.kind.clone(),
+                    body: m.body.clone(),
+                    ts: r.get(8),
+                }
+            } else {
+                let role: String = r.get(4);
+                Message {
+                    conv: m.conv,
+                    seq: r.get::<_, i64>(1) as u64,
+                    msg: r.get(2),
+                    from: Actor {
+                        id: m.from.id,
+                        role: Role::parse(&role).unwrap_or(Role::Visitor),
+                        name: r.get(5),
+                    },
+                    kind: r.get(6),
+                    body: r.get(7),
+                    ts: r.get(8),
+                }
+            };
+            outcomes[i] = Some(Outcome::Committed { message, new });
+        }
+        for (i, first) in self.repeats {
+            outcomes[i] = match &outcomes[first] {
+                Some(Outcome::Committed { message, .. }) => Some(Outcome::Committed {
+                    message: message.clone(),
+                    new: false,
+                }),
+                other => other.clone(),
+            };
+        }
+        Ok(())
+    }
 }
 
 fn refused(e: Error) -> Outcome {
@@ -334,154 +646,6 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, h.support_type,
        extract(epoch FROM now())::float8 - h.conv_created
   FROM heads h WHERE h.first_reply";
 
-async fn commit_tenant(
-    tx: &Transaction<'_>,
-    tenant: Uuid,
-    batch: &[NewMessage],
-    idx: &[usize],
-    outcomes: &mut [Option<Outcome>],
-    wake: &mut Vec<(Uuid, Uuid, Uuid)>,
-) -> Result<()> {
-    // 1. Switch to the tenant and lock its conversations, in id order: one round trip,
-    // as both requests are sent before either answer is awaited (tokio-postgres sends a
-    // prepared statement's request when its future is first polled, and `try_join!`
-    // polls them in order, so the server runs them in order).
-    let mut conv_ids: Vec<Uuid> = idx.iter().map(|&i| batch[i].conv).collect();
-    conv_ids.sort();
-    conv_ids.dedup();
-    let set = tx.prepare_cached(db::SET_TENANT_SQL).await?;
-    let lock = tx.prepare_cached(LOCK_SQL).await?;
-    let scope = tenant.to_string();
-    let set_params: [&(dyn ToSql + Sync); 1] = [&scope];
-    let lock_params: [&(dyn ToSql + Sync); 2] = [&tenant, &conv_ids];
-    let (_, rows) =
-        futures::try_join!(tx.execute(&set, &set_params), tx.query(&lock, &lock_params))?;
-    let locked: HashMap<Uuid, (ConvRef, Head)> = rows
-        .iter()
-        .map(|r| {
-            let head = Head {
-                unanswered: r.get(7),
-                support_type: r.get(8),
-                created: r.get(9),
-            };
-            (r.get(0), (conv_ref(r), head))
-        })
-        .collect();
-
-    // 2. Access, and the batch's own duplicates (a resend within one batch): the first
-    // of each key goes to the database, the others take its outcome.
-    let mut first_of: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
-    let mut admitted = Vec::with_capacity(idx.len());
-    let mut repeats = Vec::new();
-    for &i in idx {
-        let m = &batch[i];
-        let conv = locked.get(&m.conv).map(|(c, _)| c);
-        let access = match conv {
-            None => Err(Error::not_found("conversation")),
-            Some(c) => {
-                check_access(tx, tenant, c, access::Action::Send, m.from.id, m.from.role).await
-            }
-        };
-        if let Err(e) = access {
-            outcomes[i] = Some(refused(e));
-            continue;
-        }
-        // A visitor writing to a resolved (within the window) or snoozed conversation
-        // reopens it once this batch has committed.
-        if m.from.role == Role::Visitor
-            && conv.is_some_and(|c| c.status == "resolved" || c.status == "snoozed")
-        {
-            wake.push((tenant, m.conv, m.from.id));
-        }
-        match first_of.entry((m.conv, m.from.id, m.client_id.as_str())) {
-            std::collections::hash_map::Entry::Occupied(first) => repeats.push((i, *first.get())),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
-                admitted.push(i);
-            }
-        }
-    }
-    if admitted.is_empty() {
-        return Ok(());
-    }
-
-    // 3. Dedupe, allocate, insert, advance: one statement.
-    let cols = Columns::of(batch, &admitted, &locked)?;
-    let commit = tx.prepare_cached(COMMIT_SQL).await?;
-    let rows = tx
-        .query(
-            &commit,
-            &[
-                &tenant,
-                &cols.conv,
-                &cols.sender,
-                &cols.role,
-                &cols.name,
-                &cols.client,
-                &cols.kind,
-                &cols.body,
-                &cols.id,
-                &cols.reply,
-                &crate::events::hook::MESSAGE_CREATED,
-                &cols.base,
-                &cols.unanswered,
-                &cols.support_type,
-                &cols.created,
-            ],
-        )
-        .await?;
-    for r in &rows {
-        let Some(ord) = r.get::<_, Option<i64>>(0) else {
-            let support_type: String = r.get(9);
-            metrics::histogram!("relaydesk_core_first_response_seconds", "support_type" => support_type)
-                .record(r.get::<_, f64>(10).max(0.0));
-            continue;
-        };
-        let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| admitted.get(o)) else {
-            return Err(Error::Internal(format!("commit returned ordinal {ord}")));
-        };
-        let m = &batch[i];
-        let new: bool = r.get(3);
-        let message = if new {
-            Message {
-                conv: m.conv,
-                seq: r.get::<_, i64>(1) as u64,
-                msg: r.get(2),
-                from: m.from.clone(),
-                kind: m.kind.clone(),
-                body: m.body.clone(),
-                ts: r.get(8),
-            }
-        } else {
-            let role: String = r.get(4);
-            Message {
-                conv: m.conv,
-                seq: r.get::<_, i64>(1) as u64,
-                msg: r.get(2),
-                from: Actor {
-                    id: m.from.id,
-                    role: Role::parse(&role).unwrap_or(Role::Visitor),
-                    name: r.get(5),
-                },
-                kind: r.get(6),
-                body: r.get(7),
-                ts: r.get(8),
-            }
-        };
-        outcomes[i] = Some(Outcome::Committed { message, new });
-    }
-    for (i, first) in repeats {
-        outcomes[i] = match &outcomes[first] {
-            Some(Outcome::Committed { message, .. }) => Some(Outcome::Committed {
-                message: message.clone(),
-                new: false,
-            }),
-            other => other.clone(),
-        };
-    }
-    Ok(())
-}
-
 /// The column arrays of [`COMMIT_SQL`], one element per admitted send.
 struct Columns<'a> {
     conv: Vec<Uuid>,
@@ -498,7 +662,7 @@ struct Columns<'a> {
     /// Of the message's conversation, as locked (`last_seq`, then [`Head`]).
     base: Vec<i64>,
     unanswered: Vec<bool>,
-    support_type: Vec<&'a str>,
+    support_type: Vec<String>,
     created: Vec<f64>,
 }
 
@@ -506,7 +670,7 @@ impl<'a> Columns<'a> {
     fn of(
         batch: &'a [NewMessage],
         admitted: &[usize],
-        locked: &'a HashMap<Uuid, (ConvRef, Head)>,
+        locked: &HashMap<Uuid, (ConvRef, Head)>,
     ) -> Result<Self> {
         let n = admitted.len();
         let mut k = Columns {
@@ -534,7 +698,7 @@ impl<'a> Columns<'a> {
             };
             k.base.push(conv.last_seq);
             k.unanswered.push(head.unanswered);
-            k.support_type.push(head.support_type.as_str());
+            k.support_type.push(head.support_type.clone());
             k.created.push(head.created);
             k.conv.push(m.conv);
             k.sender.push(m.from.id);
@@ -656,19 +820,25 @@ pub const RECEIPTS_SQL: &str =
             read_seq = greatest(r.read_seq, excluded.read_seq),
             updated_at = now()";
 
-async fn store_receipts(tx: &Transaction<'_>, tenant: Uuid, rs: &[&Receipt]) -> Result<()> {
-    if rs.is_empty() {
-        return Ok(());
+/// The column arrays of [`RECEIPTS_SQL`] for one tenant's receipts.
+struct ReceiptColumns {
+    conv: Vec<Uuid>,
+    principal: Vec<Uuid>,
+    seq: Vec<i64>,
+    read: Vec<bool>,
+}
+
+impl ReceiptColumns {
+    /// `None` when there are none.
+    fn of(rs: &[&Receipt]) -> Option<ReceiptColumns> {
+        (!rs.is_empty()).then(|| ReceiptColumns {
+            conv: rs.iter().map(|r| r.conv).collect(),
+            principal: rs.iter().map(|r| r.principal).collect(),
+            seq: rs
+                .iter()
+                .map(|r| r.seq.min(i64::MAX as u64) as i64)
+                .collect(),
+            read: rs.iter().map(|r| r.read).collect(),
+        })
     }
-    let convs: Vec<Uuid> = rs.iter().map(|r| r.conv).collect();
-    let principals: Vec<Uuid> = rs.iter().map(|r| r.principal).collect();
-    let seqs: Vec<i64> = rs
-        .iter()
-        .map(|r| r.seq.min(i64::MAX as u64) as i64)
-        .collect();
-    let reads: Vec<bool> = rs.iter().map(|r| r.read).collect();
-    let stmt = tx.prepare_cached(RECEIPTS_SQL).await?;
-    tx.execute(&stmt, &[&tenant, &convs, &principals, &seqs, &reads])
-        .await?;
-    Ok(())
 }
