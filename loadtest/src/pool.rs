@@ -6,7 +6,8 @@
 //! [`Command::Drop`] every client drops its TCP connection at once, reconnects and resumes
 //! with `sub` `after` its last contiguous seq; the time from the drop until it has caught
 //! up with the `head` of `subbed` is the `resume` interval. On [`Command::Stop`] each
-//! client counts the seqs of `1..=head` it never received as lost.
+//! client waits (up to [`STOP_GRACE`]) for the seqs up to its conversation's `head`
+//! still on their way, then counts those of `1..=head` it never received as lost.
 //!
 //! The same code runs in-process or inside a worker process (`worker.rs`).
 
@@ -26,6 +27,10 @@ use uuid::Uuid;
 
 use crate::client::{self, Ws};
 use crate::stats::{self, Arrival, Rec, SeqSet};
+
+/// How long a stopping client keeps reading for messages up to its head that are still
+/// on their way (a run under load ends with a queue in flight).
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// What one pool holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +287,13 @@ impl ClientCtx {
         }
     }
 
+    /// Whether every seq up to this client's conversation's head has arrived.
+    fn has_all(&self, seqs: &SeqSet, heads: &HashMap<Uuid, u64>) -> bool {
+        self.conv()
+            .and_then(|c| heads.get(&c))
+            .is_none_or(|&head| seqs.contiguous >= head)
+    }
+
     async fn wait_stop(&mut self) -> Arc<HashMap<Uuid, u64>> {
         loop {
             let phase = self.phase.borrow_and_update().clone();
@@ -335,20 +347,31 @@ impl ClientCtx {
         } else {
             self.passed(first, resuming);
         }
+        // Set once stopped while messages up to the head are still on their way.
+        let mut stopping: Option<(Arc<HashMap<Uuid, u64>>, tokio::time::Instant)> = None;
         let end = loop {
             let m = tokio::select! {
                 m = stream.next() => m,
-                r = self.phase.changed() => {
+                r = self.phase.changed(), if stopping.is_none() => {
                     if r.is_err() { break End::Stopped(Arc::new(HashMap::new())); }
                     let phase = self.phase.borrow_and_update().clone();
                     match phase {
                         Phase::Drop(at) => break End::Dropped(at),
                         Phase::Stop(h) => {
-                            let _ = sink.send(WsMessage::Close(None)).await;
-                            break End::Stopped(h);
+                            if self.has_all(seqs, &h) {
+                                let _ = sink.send(WsMessage::Close(None)).await;
+                                break End::Stopped(h);
+                            }
+                            stopping = Some((h, tokio::time::Instant::now() + STOP_GRACE));
+                            continue;
                         }
                         Phase::Hold => continue,
                     }
+                }
+                _ = tokio::time::sleep_until(stopping.as_ref().map_or_else(tokio::time::Instant::now, |s| s.1)),
+                    if stopping.is_some() => {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    break End::Stopped(stopping.take().map_or_else(Default::default, |s| s.0));
                 }
             };
             let text = match m {
@@ -390,6 +413,11 @@ impl ClientCtx {
                     if caught_up_at.is_some_and(|h| seqs.contiguous >= h) {
                         caught_up_at = None;
                         self.passed(first, resuming);
+                    }
+                    if let Some((h, _)) = stopping.as_ref().filter(|(h, _)| self.has_all(seqs, h)) {
+                        let h = h.clone();
+                        let _ = sink.send(WsMessage::Close(None)).await;
+                        break End::Stopped(h);
                     }
                 }
                 Some(ServerFrame::Error { .. }) if *first => {

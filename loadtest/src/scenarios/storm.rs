@@ -150,8 +150,7 @@ pub async fn run(common: &Common, cfg: &StormConfig) -> Result<Report> {
         t.count(stats::ACCEPTED) + t.count(stats::ERRORS) >= t.count(stats::SENT)
     })
     .await;
-    // Let the last messages reach the subscribers before counting what is missing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The clients wait for what is still on its way before counting what is missing.
     stop_tx.send_replace(true);
     let heads: HashMap<_, _> = match std::sync::Arc::try_unwrap(publisher) {
         Ok(p) => p.finish().await.heads,
