@@ -4,6 +4,8 @@
 //!
 //! Entries are read with XREAD (BLOCK 1 s, COUNT 512) from `0-0` on a dedicated Redis
 //! connection (a blocking read must not stall other commands), tracking the last id.
+//! An entry holds one or more (FIELD_HEADER, FIELD_FRAME) pairs, in order (core-api
+//! appends a batch's frames for this edge as one entry); each pair is one [`Entry`].
 //! FIELD_HEADER is parsed as an [`Egress`]; FIELD_FRAME is taken as `Bytes` without
 //! copying and shared by every local recipient.
 
@@ -23,7 +25,7 @@ const READ_BLOCK_MS: u64 = 1000;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
-/// One egress entry: its id, header and frame.
+/// One (header, frame) pair of an egress entry, with the entry's id.
 #[derive(Debug)]
 pub struct Entry {
     pub id: String,
@@ -365,17 +367,36 @@ pub fn parse_xread(v: Value) -> Vec<Entry> {
                 continue;
             };
             let Some(id) = id.into_string() else { continue };
-            let mut header = None;
-            let mut frame = Bytes::new();
+            // Pairs in order: a header, then its frame (a header without a frame gets
+            // an empty one).
+            let mut header: Option<Option<Bytes>> = None;
             let mut fields = fields.into_array().into_iter();
             while let (Some(k), Some(val)) = (fields.next(), fields.next()) {
                 match k.as_str().as_deref() {
-                    Some(FIELD_HEADER) => header = val.into_bytes(),
-                    Some(FIELD_FRAME) => frame = val.into_bytes().unwrap_or_default(),
+                    Some(FIELD_HEADER) => {
+                        if let Some(h) = header.replace(val.into_bytes()) {
+                            out.push(Entry {
+                                id: id.clone(),
+                                header: h,
+                                frame: Bytes::new(),
+                            });
+                        }
+                    }
+                    Some(FIELD_FRAME) => out.push(Entry {
+                        id: id.clone(),
+                        header: header.take().flatten(),
+                        frame: val.into_bytes().unwrap_or_default(),
+                    }),
                     _ => {}
                 }
             }
-            out.push(Entry { id, header, frame });
+            if let Some(h) = header {
+                out.push(Entry {
+                    id,
+                    header: h,
+                    frame: Bytes::new(),
+                });
+            }
         }
     }
     out
@@ -421,5 +442,43 @@ mod tests {
         assert_eq!(e[0].header.as_deref(), Some(&b"{}"[..]));
         assert_eq!(e[0].frame, Bytes::from_static(b"xy"));
         assert!(parse_xread(Value::Null).is_empty());
+    }
+
+    #[test]
+    fn an_entry_of_several_pairs_is_several_entries_in_order() {
+        let pair = |h: &'static str, f: &'static [u8]| {
+            [
+                Value::from("h"),
+                Value::from(h),
+                Value::from("f"),
+                Value::Bytes(Bytes::from_static(f)),
+            ]
+        };
+        let mut fields: Vec<Value> = pair("{\"a\":1}", b"one").into();
+        fields.extend(pair("{\"a\":2}", b"two"));
+        fields.extend([Value::from("h"), Value::from("{\"a\":3}")]);
+        let v = Value::Array(vec![Value::Array(vec![
+            Value::from("rd:eg:{e}"),
+            Value::Array(vec![Value::Array(vec![
+                Value::from("7-1"),
+                Value::Array(fields),
+            ])]),
+        ])]);
+        let e = parse_xread(v);
+        let got: Vec<String> = e
+            .iter()
+            .map(|e| {
+                let h = e.header.as_deref().map(String::from_utf8_lossy);
+                format!("{} {h:?} {}", e.id, String::from_utf8_lossy(&e.frame))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                r#"7-1 Some("{\"a\":1}") one"#,
+                r#"7-1 Some("{\"a\":2}") two"#,
+                r#"7-1 Some("{\"a\":3}") "#,
+            ]
+        );
     }
 }

@@ -19,8 +19,9 @@
 //! drops out by itself within [`REGISTRY_TTL_MS`].
 //!
 //! Ingress entries have one field, [`FIELD_DATA`], holding an [`Ingress`] as JSON.
-//! Egress entries have [`FIELD_HEADER`] (an [`Egress`] as JSON) and [`FIELD_FRAME`]: the
-//! client frame(s), already serialized, which the edge writes to sockets as they are.
+//! Egress entries hold one or more pairs, in order, of [`FIELD_HEADER`] (an [`Egress`] as
+//! JSON) and [`FIELD_FRAME`]: the client frame(s), already serialized, which the edge
+//! writes to sockets as they are.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
