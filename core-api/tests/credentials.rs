@@ -7,6 +7,7 @@
 mod common;
 
 use common::{uuid, Next, Stack, Tenant, Ws};
+use relaydesk_shared::token::Role;
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -385,4 +386,71 @@ async fn api_keys_rotate_and_a_deleted_key_fails_at_once() {
     )
     .await;
     assert_eq!(stack.get("/v1/api-keys", &agent.token).await.0, 403);
+}
+
+/// The one statement that checks agents' tokens (over HTTP and at `hello`) runs on a
+/// pooled connection without a transaction of its own, answers for several tenants at
+/// once, sees each agent only in its own tenant, and leaves the connection unscoped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tokens_are_checked_in_one_statement() {
+    let stack = Stack::start(0).await;
+    let (a, b) = (stack.tenant().await, stack.tenant().await);
+    let ann = staff(&stack, &a, "supervisor").await;
+    let bob = staff(&stack, &a, "agent").await;
+    let bots = stack.agent_with(&b, "agent", "bot", 1, false).await;
+    let path = format!("/v1/agents/{}/deactivate", bob.id);
+    assert_eq!(stack.post(&path, &a.api_key, json!({})).await.0, 200);
+    let sid = Uuid::new_v4();
+    stack
+        .admin_db()
+        .await
+        .execute(
+            "INSERT INTO revoked_sessions (tenant_id, sid, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+            &[&a.id, &sid],
+        )
+        .await
+        .unwrap();
+
+    let pool = relaydesk_core::db::pool(&stack.env.database_url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    let keys = [
+        (a.id, ann.id, None),
+        (a.id, bob.id, Some(sid)),
+        (b.id, bots.id, Some(Uuid::new_v4())),
+        (b.id, ann.id, None),
+        (a.id, bots.id, None),
+    ];
+    let found = relaydesk_core::auth::standings(&client, &keys)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3, "{found:?}");
+    let ann_s = found[&keys[0]];
+    assert_eq!(
+        (ann_s.role, ann_s.version, ann_s.active, ann_s.logged_out),
+        (Role::Supervisor, 0, true, false)
+    );
+    assert!(ann_s.admits(0) && !ann_s.admits(1));
+    let bob_s = found[&keys[1]];
+    assert_eq!(
+        (bob_s.version, bob_s.active, bob_s.logged_out),
+        (1, false, true)
+    );
+    assert!(!bob_s.admits(1));
+    let bot_s = found[&keys[2]];
+    assert_eq!((bot_s.role, bot_s.logged_out), (Role::Bot, false));
+    // No tenant scope outlived the statement, and no transaction was left open (each
+    // statement then runs in a transaction of its own).
+    let scope: String = client
+        .query_one(
+            "SELECT coalesce(current_setting('app.tenant_id', true), '')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scope, "");
+    let started = "SELECT xact_start FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    let first: std::time::SystemTime = client.query_one(started, &[]).await.unwrap().get(0);
+    let second: std::time::SystemTime = client.query_one(started, &[]).await.unwrap().get(0);
+    assert_ne!(first, second, "the connection is still in a transaction");
 }
