@@ -399,25 +399,22 @@ pub async fn update_agent(
         .query_one(
             &format!(
                 "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
-                    max_concurrent = coalesce($5, max_concurrent),
-                    credential_version = credential_version + $6
+                    max_concurrent = coalesce($5, max_concurrent)
               WHERE tenant_id = $1 AND id = $2
-             RETURNING {AGENT_COLUMNS}, credential_version"
+             RETURNING {AGENT_COLUMNS}"
             ),
-            &[
-                &tenant,
-                &id,
-                &name,
-                &req.role,
-                &req.max_concurrent,
-                &i32::from(role_changed),
-            ],
+            &[&tenant, &id, &name, &req.role, &req.max_concurrent],
         )
         .await?;
+    let revoked = if role_changed {
+        bump_version(&tx, tenant, id).await?
+    } else {
+        None
+    };
     tx.commit().await?;
     drop(client);
-    if role_changed {
-        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+    if let Some(min) = revoked {
+        revoke_below(&state, tenant, id, min).await?;
     }
     if req.max_concurrent.is_some() {
         lifecycle::capacity_changed(&state, tenant).await;
@@ -699,7 +696,10 @@ async fn revoke_below(state: &AppState, tenant: Uuid, agent: Uuid, min: u32) -> 
     .await
 }
 
-/// Bumps an active agent's credential version in `tx`; `None` if no active agent matched.
+/// Bumps the agent's credential version in `tx`, so that every token minted before is
+/// revoked once `tx` commits; the new version, or `None` if there is no such agent. The
+/// one place that changes `credential_version` (a role change, deactivation, a password
+/// change, log-out-everywhere).
 async fn bump_version(
     tx: &tokio_postgres::Transaction<'_>,
     tenant: Uuid,
@@ -708,7 +708,7 @@ async fn bump_version(
     Ok(tx
         .query_opt(
             "UPDATE agents SET credential_version = credential_version + 1
-              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
+              WHERE tenant_id = $1 AND id = $2
              RETURNING credential_version",
             &[&tenant, &id],
         )
@@ -830,15 +830,17 @@ pub async fn set_password(
     let hash = auth::hash_password(req.new).await?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
-    let min = tx
-        .query_opt(
-            "UPDATE agents SET password_hash = $3, credential_version = credential_version + 1
-              WHERE tenant_id = $1 AND id = $2
-             RETURNING credential_version",
+    let changed = tx
+        .execute(
+            "UPDATE agents SET password_hash = $3 WHERE tenant_id = $1 AND id = $2",
             &[&tenant, &id, &hash],
         )
+        .await?;
+    if changed == 0 {
+        return Err(Error::not_found("agent"));
+    }
+    let min = bump_version(&tx, tenant, id)
         .await?
-        .map(|r| version_of(&r, 0))
         .ok_or_else(|| Error::not_found("agent"))?;
     tx.commit().await?;
     drop(client);
@@ -864,33 +866,30 @@ pub async fn deactivate(
     let changed = tx
         .query_opt(
             &format!(
-                "UPDATE agents SET deactivated_at = now(), credential_version = credential_version + 1,
-                    status = 'offline',
+                "UPDATE agents SET deactivated_at = now(), status = 'offline',
                     status_changed_at = CASE WHEN status = 'offline' THEN status_changed_at ELSE now() END
               WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
-             RETURNING {AGENT_COLUMNS}, credential_version"
+             RETURNING {AGENT_COLUMNS}"
             ),
             &[&tenant, &id],
         )
         .await?;
-    let newly = changed.is_some();
-    let row = match changed {
-        Some(row) => row,
-        None => tx
-            .query_opt(
-                &format!(
-                    "SELECT {AGENT_COLUMNS}, credential_version FROM agents
-                      WHERE tenant_id = $1 AND id = $2"
-                ),
+    let (row, revoked) = match changed {
+        Some(row) => (row, bump_version(&tx, tenant, id).await?),
+        None => (
+            tx.query_opt(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"),
                 &[&tenant, &id],
             )
             .await?
             .ok_or_else(|| Error::not_found("agent"))?,
+            None,
+        ),
     };
     tx.commit().await?;
     drop(client);
-    if newly {
-        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+    if let Some(min) = revoked {
+        revoke_below(&state, tenant, id, min).await?;
         crate::presence::announce(&state, tenant, id, "offline").await;
         tracing::info!(%tenant, agent = %id, "agent deactivated");
     }
@@ -1001,4 +1000,38 @@ pub async fn delete_api_key(
         return Err(Error::not_found("API key"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file of core-api's sources, as text.
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    #[test]
+    fn the_credential_version_is_bumped_in_one_place() {
+        let mut files = Vec::new();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        sources(&root, &mut files);
+        let needle = concat!("credential_version", " = ");
+        let places: Vec<&str> = files
+            .iter()
+            .flat_map(|(path, text)| text.matches(needle).map(move |_| path.as_str()))
+            .collect();
+        assert_eq!(
+            places.len(),
+            1,
+            "credential_version is written in {places:?}"
+        );
+        assert!(places[0].ends_with("accounts.rs"));
+    }
 }
