@@ -454,3 +454,63 @@ async fn agent_tokens_are_checked_in_one_statement() {
     let second: std::time::SystemTime = client.query_one(started, &[]).await.unwrap().get(0);
     assert_ne!(first, second, "the connection is still in a transaction");
 }
+
+/// core-api checks every agent's `hello` against PostgreSQL too: revocations the edges
+/// never heard of (made here behind the application's back, so nothing reaches Redis)
+/// still refuse the token with 4501, while the agent's valid tokens go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_api_refuses_at_hello_what_the_database_revoked() {
+    let stack = Stack::start(1).await;
+    let t = stack.tenant().await;
+    let edge = &stack.edge_urls[0];
+    let db = stack.admin_db().await;
+    let verifier = relaydesk_shared::token::TokenVerifier::from_pem(
+        &stack.env.public_pem,
+        relaydesk_shared::token::AUD_EDGE,
+    )
+    .unwrap();
+
+    // An older credential version.
+    let ann = staff(&stack, &t, "agent").await;
+    db.execute(
+        "UPDATE agents SET credential_version = credential_version + 1 WHERE tenant_id = $1 AND id = $2",
+        &[&t.id, &ann.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &ann.connect).await.err(), Some(Some(4501)));
+    let fresh = connect_token(&stack, &login(&stack, &t, &ann.email, PASSWORD).await).await;
+    hello(edge, &fresh).await.unwrap();
+
+    // A logged-out session; the agent's other session is not.
+    let bob = staff(&stack, &t, "agent").await;
+    let other = connect_token(&stack, &login(&stack, &t, &bob.email, PASSWORD).await).await;
+    let sid = verifier.verify(&bob.connect).unwrap().sid.unwrap();
+    db.execute(
+        "INSERT INTO revoked_sessions (tenant_id, sid, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+        &[&t.id, &sid],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &bob.connect).await.err(), Some(Some(4501)));
+    hello(edge, &other).await.unwrap();
+
+    // A deactivated agent; once activated again, its new tokens are welcome.
+    let cid = staff(&stack, &t, "agent").await;
+    db.execute(
+        "UPDATE agents SET deactivated_at = now() WHERE tenant_id = $1 AND id = $2",
+        &[&t.id, &cid.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &cid.connect).await.err(), Some(Some(4501)));
+    let path = format!("/v1/agents/{}/activate", cid.id);
+    assert_eq!(stack.post(&path, &t.api_key, json!({})).await.0, 200);
+    let fresh = connect_token(&stack, &login(&stack, &t, &cid.email, PASSWORD).await).await;
+    hello(edge, &fresh).await.unwrap();
+    assert_eq!(hello(edge, &cid.connect).await.err(), Some(Some(4501)));
+
+    // Visitors are not agents: welcomed as before.
+    let visitor = stack.visitor(&t).await;
+    hello(edge, &visitor.connect).await.unwrap();
+}

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fred::prelude::HashesInterface;
-use relaydesk_shared::bus::{Egress, Ingress, Source};
+use relaydesk_shared::bus::{Egress, Ingress, Source, TokenCred};
+use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{self, Actor, ClientFrame, ServerFrame};
 use relaydesk_shared::{CloseCode, ErrorCode};
 use tokio::net::TcpStream;
@@ -416,7 +417,14 @@ impl Session {
         if !matches!(registered, Ok(Ok(true))) {
             return Err(End::Close(CloseCode::Unavailable));
         }
-        let hello = Ingress::Hello { src: src.clone() };
+        let cred = (claims.role != Role::Visitor).then(|| TokenCred {
+            ver: claims.version(),
+            sid: claims.sid,
+        });
+        let hello = Ingress::Hello {
+            src: src.clone(),
+            cred,
+        };
         if self
             .ctx
             .ingress

@@ -897,7 +897,9 @@ pub async fn deactivate(
 }
 
 /// `POST /v1/agents/{id}/activate` (API key or admin): the agent may log in again (it
-/// stays offline until it sets its status).
+/// stays offline until it sets its status). The credential version is bumped once more:
+/// whatever refused the deactivated agent's tokens (up to its version, see
+/// `revoke::refusal`) does not refuse its next ones.
 #[utoipa::path(post, path = "/v1/agents/{id}/activate", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "agent id")),
     responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -919,6 +921,7 @@ pub async fn activate(
         )
         .await?
         .ok_or_else(|| Error::not_found("agent"))?;
+    bump_version(&tx, tenant, id).await?;
     tx.commit().await?;
     Ok(Json(json!({ "agent": agent_from_row(&row) })))
 }
