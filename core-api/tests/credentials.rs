@@ -514,3 +514,42 @@ async fn core_api_refuses_at_hello_what_the_database_revoked() {
     let visitor = stack.visitor(&t).await;
     hello(edge, &visitor.connect).await.unwrap();
 }
+
+/// Logged-out sessions are deleted by the periodic sweep once their tokens have expired,
+/// without waiting for another logout; the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_logged_out_sessions_are_swept() {
+    let stack = Stack::start(0).await;
+    let t = stack.tenant().await;
+    let db = stack.admin_db().await;
+    let (expired, live) = (Uuid::new_v4(), Uuid::new_v4());
+    db.execute(
+        "INSERT INTO revoked_sessions (tenant_id, sid, expires_at)
+         VALUES ($1, $2, now() - interval '1 minute'), ($1, $3, now() + interval '1 hour')",
+        &[&t.id, &expired, &live],
+    )
+    .await
+    .unwrap();
+    let present = |sid: Uuid| {
+        let db = &db;
+        let tenant = t.id;
+        async move {
+            db.query_opt(
+                "SELECT 1 FROM revoked_sessions WHERE tenant_id = $1 AND sid = $2",
+                &[&tenant, &sid],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while present(expired).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired session was not swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(present(live).await);
+}
