@@ -175,7 +175,7 @@ pub struct Login {
 }
 
 /// `POST /v1/auth/login`: an agent session token. Throttled per account and per source
-/// address (`crate::throttle`): while either is locked out, 429 with `Retry-After`,
+/// address (the peer's, or behind a trusted proxy the client's: `crate::throttle`): while either is locked out, 429 with `Retry-After`,
 /// before the password is looked at. An unknown account costs the same argon2
 /// verification as a wrong password and gets the same 401.
 #[utoipa::path(post, path = "/v1/auth/login", request_body = Login,
@@ -185,10 +185,16 @@ pub struct Login {
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Json<Value>> {
     let email = req.email.trim().to_lowercase();
-    let subjects = throttle::Subjects::new(state.keys.prefix(), req.tenant, &email, peer.ip());
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let source = throttle::client_address(peer.ip(), forwarded, &state.config.trusted_proxies);
+    let subjects = throttle::Subjects::new(state.keys.prefix(), req.tenant, &email, source);
     throttle::check(&state, &subjects).await?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, req.tenant).await?;
