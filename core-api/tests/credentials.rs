@@ -553,3 +553,64 @@ async fn expired_logged_out_sessions_are_swept() {
     }
     assert!(present(live).await);
 }
+
+/// Deactivating an agent routes its conversations again in the same transaction: to
+/// another eligible agent while one has room (who hears of it at once), else the queue;
+/// the agent's load is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_an_agent_routes_its_conversations_again() {
+    let stack = Stack::start(1).await;
+    let t = stack.tenant().await;
+    let ann = staff(&stack, &t, "agent").await;
+    let mut convs = Vec::new();
+    for _ in 0..2 {
+        let visitor = stack.visitor(&t).await;
+        let (conv, assignee) = stack.conversation(&visitor).await;
+        assert_eq!(assignee, Some(ann.id));
+        convs.push(conv);
+    }
+    // Bob comes online with room for one.
+    let bob = stack.agent_with(&t, "agent", "human", 1, true).await;
+    let (mut bob_ws, _) = Ws::connect(&stack.edge_urls[0], &bob.connect).await;
+
+    let path = format!("/v1/agents/{}/deactivate", ann.id);
+    let (status, body) = stack.post(&path, &t.api_key, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let states: Vec<Value> =
+        futures::future::join_all(convs.iter().map(|c| stack.conversation_state(&t, *c))).await;
+    let to_bob: Vec<&Value> = states
+        .iter()
+        .filter(|s| s["assignee"] == json!(bob.id))
+        .collect();
+    let queued: Vec<&Value> = states.iter().filter(|s| s["status"] == "queued").collect();
+    assert_eq!((to_bob.len(), queued.len()), (1, 1), "{states:?}");
+    assert_eq!(queued[0]["assignee"], Value::Null);
+    let moved = to_bob[0]["id"].clone();
+    let frame = bob_ws
+        .wait_for(|f| f["t"] == "conv" && f["conv"] == moved)
+        .await;
+    assert_eq!(frame["assignee"], json!(bob.id), "{frame}");
+    assert_eq!(frame["reason"], "deactivated", "{frame}");
+    let (_, agents) = stack.get("/v1/agents", &t.api_key).await;
+    let ann_row = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == json!(ann.id))
+        .unwrap();
+    assert_eq!(ann_row["open_conversations"], 0, "{ann_row}");
+    let (_, history) = stack
+        .get(
+            &format!("/v1/conversations/{}/assignments", convs[0]),
+            &t.api_key,
+        )
+        .await;
+    assert!(
+        history["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "deactivated" || a["action"] == "queued"),
+        "{history}"
+    );
+}

@@ -856,8 +856,9 @@ pub async fn set_password(
 
 /// `POST /v1/agents/{id}/deactivate` (API key or admin): the agent can no longer log in,
 /// every token it holds is revoked (its sockets are closed with 4501), it is set offline
-/// and receives no new assignments. Conversations assigned to it stay assigned (transfer
-/// them). Deactivating a deactivated agent changes nothing.
+/// and receives no new assignments. The conversations assigned to it are routed again in
+/// the same transaction (to another eligible agent, or the queue), as a handoff is.
+/// Deactivating a deactivated agent changes nothing else.
 #[utoipa::path(post, path = "/v1/agents/{id}/deactivate", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "agent id")),
     responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -867,8 +868,31 @@ pub async fn deactivate(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
+    let (_, by) = super::actions::by(caller)?;
+    let (row, revoked, moved) =
+        lifecycle::retrying(|| deactivate_once(&state, tenant, id, by)).await?;
+    lifecycle::settle_committed(&state, tenant, &moved).await;
+    if let Some(min) = revoked {
+        revoke_below(&state, tenant, id, min).await?;
+        crate::presence::announce(&state, tenant, id, "offline").await;
+        tracing::info!(%tenant, agent = %id, requeued = moved.len(), "agent deactivated");
+    }
+    Ok(Json(json!({ "agent": agent_from_row(&row) })))
+}
+
+/// One attempt of [`deactivate`]'s transaction: the agent's conversations are taken
+/// from it first (their rows are locked before the agent's), then the agent is
+/// deactivated, then what was assigned to it meanwhile is taken too. Returns the agent,
+/// its new credential version if it was active, and the conversations' changes.
+async fn deactivate_once(
+    state: &AppState,
+    tenant: Uuid,
+    id: Uuid,
+    by: lifecycle::By,
+) -> Result<(tokio_postgres::Row, Option<u32>, Vec<crate::events::Change>)> {
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
+    let mut moved = lifecycle::release_agent(&tx, tenant, id, by).await?;
     let changed = tx
         .query_opt(
             &format!(
@@ -892,14 +916,9 @@ pub async fn deactivate(
             None,
         ),
     };
+    moved.extend(lifecycle::release_agent(&tx, tenant, id, by).await?);
     tx.commit().await?;
-    drop(client);
-    if let Some(min) = revoked {
-        revoke_below(&state, tenant, id, min).await?;
-        crate::presence::announce(&state, tenant, id, "offline").await;
-        tracing::info!(%tenant, agent = %id, "agent deactivated");
-    }
-    Ok(Json(json!({ "agent": agent_from_row(&row) })))
+    Ok((row, revoked, moved))
 }
 
 /// `POST /v1/agents/{id}/activate` (API key or admin): the agent may log in again (it
