@@ -108,6 +108,19 @@ async function scenario(browser) {
   agent.setDefaultTimeout(TIMEOUT);
   agent.on('pageerror', (e) => log(`console page error: ${e.message}`));
   await agent.goto(`${CORE}/console?tenant=${SETUP.tenant_id}`);
+  // Wrong passwords for an account until the server locks it out: the form says for how
+  // long, from the answer's Retry-After.
+  await agent.getByTestId('login-email').fill(`nobody-${Date.now()}@example.test`);
+  await agent.getByTestId('login-password').fill('not the password');
+  const loginError = agent.locator('#login-error');
+  let refusal = '';
+  for (let i = 0; i < 8 && !refusal.startsWith('Too many'); i++) {
+    await agent.getByTestId('login-submit').click();
+    await agent.locator('[data-testid="login-submit"]:not([disabled])').waitFor();
+    refusal = (await loginError.textContent()) ?? '';
+  }
+  assert.match(refusal, /^Too many attempts, try again in \d+ s\.$/);
+  log(`a locked-out login reads: ${refusal}`);
   await agent.getByTestId('login-email').fill(SETUP.agent_email);
   await agent.getByTestId('login-password').fill(SETUP.agent_password);
   await agent.getByTestId('login-submit').click();

@@ -5,12 +5,15 @@
 //! session token (an EdDSA JWT with `aud = "api"`) of an agent or a visitor. Passwords
 //! are hashed with argon2.
 //!
-//! An agent's token is checked against PostgreSQL on every request (one primary-key
-//! lookup): the agent must exist and be active, the token's credential version (`ver`)
-//! must be the agent's current one and its session (`sid`) must not be logged out; the
-//! role used is the stored one, never the token's. API keys are looked up by hash on
+//! An agent's token is checked against PostgreSQL on every request ([`standings`]: one
+//! prepared statement, one round trip, no transaction of its own; the agent and the
+//! session read by primary key): the agent must exist and be active, the token's
+//! credential version (`ver`) must be the agent's current one and its session (`sid`)
+//! must not be logged out; the role used is the stored one, never the token's. The same
+//! check answers a batch of `hello`s (`consumer.rs`). API keys are looked up by hash on
 //! every request, so a deleted key fails at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use argon2::password_hash::{
@@ -19,6 +22,7 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use deadpool_postgres::GenericClient;
 use rand::RngCore;
 use relaydesk_shared::token::Role;
 use sha2::{Digest, Sha256};
@@ -118,32 +122,77 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller> {
             id: claims.sub,
         });
     }
-    let mut client = state.pool.get().await?;
-    let tx = crate::db::tenant_tx(&mut client, claims.tid).await?;
-    let row = tx
-        .query_opt(
-            "SELECT a.role, a.kind, a.credential_version, a.deactivated_at IS NULL,
-                    EXISTS (SELECT 1 FROM revoked_sessions r WHERE r.tenant_id = $1 AND r.sid = $3)
-               FROM agents a WHERE a.tenant_id = $1 AND a.id = $2",
-            &[&claims.tid, &claims.sub, &claims.sid],
-        )
-        .await?;
-    tx.commit().await?;
-    let Some(row) = row else {
-        return Err(Error::unauthorized());
-    };
-    let current: i32 = row.get(2);
-    let active: bool = row.get(3);
-    let logged_out: bool = row.get(4);
-    if !active || logged_out || i64::from(claims.version()) != i64::from(current) {
-        return Err(Error::unauthorized());
+    let client = state.pool.get().await?;
+    let key = (claims.tid, claims.sub, claims.sid);
+    let standing = standings(&client, &[key]).await?.remove(&key);
+    drop(client);
+    match standing {
+        Some(s) if s.admits(claims.version()) => Ok(Caller::Agent {
+            tenant: claims.tid,
+            id: claims.sub,
+            role: s.role,
+            sid: claims.sid,
+        }),
+        _ => Err(Error::unauthorized()),
     }
-    Ok(Caller::Agent {
-        tenant: claims.tid,
-        id: claims.sub,
-        role: agent_role(row.get(0), row.get(1)),
-        sid: claims.sid,
-    })
+}
+
+/// An agent token's credential: (tenant, agent, session).
+pub type TokenKey = (Uuid, Uuid, Option<Uuid>);
+
+/// What PostgreSQL holds of an agent token's credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The stored role (bots are `bot`).
+    pub role: Role,
+    pub version: u32,
+    pub active: bool,
+    /// The token's session was logged out.
+    pub logged_out: bool,
+}
+
+impl Standing {
+    /// Whether a token of credential version `ver` (of this session) is valid.
+    pub fn admits(&self, ver: u32) -> bool {
+        self.active && !self.logged_out && ver == self.version
+    }
+}
+
+/// The credential check of agent tokens, any tenants' (`relaydesk_agent_credentials`,
+/// migration V5: scoped to each tenant in turn, primary-key reads of `agents` and
+/// `revoked_sessions`).
+pub const CREDENTIALS_SQL: &str =
+    "SELECT tenant_id, agent_id, sid, role, kind, credential_version, active, logged_out
+       FROM relaydesk_agent_credentials($1::uuid[], $2::uuid[], $3::uuid[])";
+
+/// Looks up the credentials of agent tokens in one statement (one round trip, on a
+/// pooled connection or inside a transaction). An agent that does not exist in its
+/// tenant is absent from the answer.
+pub async fn standings(
+    client: &impl GenericClient,
+    keys: &[TokenKey],
+) -> Result<HashMap<TokenKey, Standing>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tenants: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let agents: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
+    let sids: Vec<Option<Uuid>> = keys.iter().map(|k| k.2).collect();
+    let stmt = client.prepare_cached(CREDENTIALS_SQL).await?;
+    let rows = client.query(&stmt, &[&tenants, &agents, &sids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let version = u32::try_from(r.get::<_, i32>(5)).unwrap_or(0);
+            let standing = Standing {
+                role: agent_role(r.get(3), r.get(4)),
+                version,
+                active: r.get(6),
+                logged_out: r.get(7),
+            };
+            ((r.get(0), r.get(1), r.get(2)), standing)
+        })
+        .collect())
 }
 
 /// The token role of an agent row: bots are `bot` whatever their role column says.

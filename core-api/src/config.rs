@@ -76,6 +76,9 @@ pub struct Config {
     /// Lets webhooks target private, loopback, link-local and other non-public
     /// addresses; for development only (`WEBHOOK_ALLOW_PRIVATE`, default false).
     pub webhook_allow_private: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client, for login throttling
+    /// (`TRUSTED_PROXIES`: addresses or CIDRs, comma- or space-separated; none by default).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,7 @@ impl Config {
             login_lockout_base: Duration::from_secs(30),
             login_lockout_max: Duration::from_secs(900),
             webhook_allow_private: false,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -263,8 +267,26 @@ impl Config {
             });
         }
         c.webhook_allow_private = parse("WEBHOOK_ALLOW_PRIVATE", c.webhook_allow_private)?;
+        if let Some(list) = var("TRUSTED_PROXIES") {
+            c.trusted_proxies = networks(&list).map_err(|reason| ConfigError::Invalid {
+                name: "TRUSTED_PROXIES",
+                reason,
+            })?;
+        }
         Ok(c)
     }
+}
+
+/// Addresses and CIDRs, comma- or space-separated (an address is a network of one).
+fn networks(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{s:?} is neither an address nor a CIDR"))
+        })
+        .collect()
 }
 
 fn var(name: &str) -> Option<String> {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use relaydesk_shared::bus::{self, Egress, Ingress, Source};
+use relaydesk_shared::bus::{self, Egress, Ingress, Source, TokenCred};
 use relaydesk_shared::wire::{Accepted, Actor, Message, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::fanout::Out;
 use crate::store::{self, NewMessage, Outcome, Receipt};
-use crate::AppState;
+use crate::{auth, revoke, AppState};
 
 /// Most messages sent in one replay chunk.
 const REPLAY_CHUNK: i64 = 500;
@@ -397,7 +397,7 @@ async fn process(state: &AppState, entries: Vec<Entry>) -> Result<()> {
                 send_meta.push((src, *rx_us));
             }
             Some(Ingress::Sub { src, conv, after }) => subs.push((src, *conv, *after)),
-            Some(Ingress::Hello { src }) => hellos.push(src),
+            Some(Ingress::Hello { src, cred }) => hellos.push((src, *cred)),
             Some(Ingress::Ack { src, conv, seq }) => {
                 receipts.push(receipt(src, *conv, *seq, false))
             }
@@ -593,20 +593,57 @@ async fn replay(state: &AppState, src: &Source, conv: Uuid, after: u64) -> Resul
     Ok(outs)
 }
 
-/// Answers a batch's `hello`s: registers each connection's edge for its principal's
+/// Answers a batch's `hello`s. First the agents' tokens are checked again against
+/// PostgreSQL, the truth the edges' revocation set follows (`auth::standings`, one
+/// statement for the whole batch): a token no longer valid (an older credential version,
+/// a deactivated agent, a logged-out session) is answered with the matching
+/// `Egress::Revoke`, which closes the connection (4501) and makes its edge refuse the
+/// token from then on. The others: registers each connection's edge for its principal's
 /// open conversations, then reads their heads (after registering, so nothing committed
 /// in between can be missed live). One transaction, two queries per tenant in the batch
 /// and one Redis pipeline, however many connections said hello.
-async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
-    if hellos.is_empty() {
+async fn welcome(state: &AppState, batch: &[(&Source, Option<TokenCred>)]) -> Result<Vec<Out>> {
+    if batch.is_empty() {
         return Ok(Vec::new());
-    }
-    let mut by_tenant: BTreeMap<Uuid, Vec<&Source>> = BTreeMap::new();
-    for src in hellos {
-        by_tenant.entry(src.tenant).or_default().push(src);
     }
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
+
+    let keys: Vec<auth::TokenKey> = batch
+        .iter()
+        .filter_map(|(src, cred)| cred.map(|c| (src.tenant, src.principal, c.sid)))
+        .collect();
+    let standings = auth::standings(&tx, &keys).await?;
+    let mut refused = Vec::new();
+    let mut hellos: Vec<&Source> = Vec::with_capacity(batch.len());
+    for (src, cred) in batch {
+        let refusal = cred.and_then(|c| {
+            let standing = standings.get(&(src.tenant, src.principal, c.sid));
+            revoke::refusal(src.tenant, src.principal, c, standing)
+        });
+        match refusal {
+            Some(revoked) => {
+                tracing::info!(tenant = %src.tenant, agent = %src.principal, conn = src.conn,
+                    "hello refused: the token is no longer valid");
+                refused.push(Out {
+                    edge: src.edge.to_string(),
+                    header: Egress::Revoke {
+                        revoked,
+                        until_ms: revoke::until_ms(state),
+                    },
+                    frame: Bytes::new(),
+                });
+            }
+            None => hellos.push(src),
+        }
+    }
+    if !refused.is_empty() {
+        metrics::counter!("relaydesk_core_hellos_refused_total").increment(refused.len() as u64);
+    }
+    let mut by_tenant: BTreeMap<Uuid, Vec<&Source>> = BTreeMap::new();
+    for src in &hellos {
+        by_tenant.entry(src.tenant).or_default().push(src);
+    }
 
     // Each principal's open conversations: assigned ones for staff, unresolved ones for
     // visitors.
@@ -671,9 +708,9 @@ async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
     }
     tx.commit().await?;
 
-    Ok(hellos
-        .iter()
-        .map(|src| {
+    Ok(refused
+        .into_iter()
+        .chain(hellos.iter().map(|src| {
             let subs = open
                 .get(&(src.tenant, src.principal))
                 .into_iter()
@@ -688,7 +725,7 @@ async fn welcome(state: &AppState, hellos: &[&Source]) -> Result<Vec<Out>> {
                 },
                 frame: Bytes::new(),
             }
-        })
+        }))
         .collect())
 }
 

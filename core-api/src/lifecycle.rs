@@ -551,38 +551,91 @@ pub async fn handoff(
             .assignee
             .filter(|_| c.status == "assigned")
             .ok_or_else(|| conflict("only an assigned conversation is handed off"))?;
-        let st = routing::support_type(&tx, tenant, &c.support_type).await?;
-        routing::release_slot(&tx, tenant, holder).await?;
-        routing::leave(&tx, tenant, conv, holder, "handoff").await?;
-        tx.execute(
-            "UPDATE conversations SET status = 'queued', assignee_id = NULL, queued_at = now()
-              WHERE tenant_id = $1 AND id = $2",
-            &[&tenant, &conv],
-        )
-        .await?;
         let req = Request {
             exclude: vec![holder],
             humans_only: true,
             ..Request::default()
         };
-        let d = routing::route(
-            &tx,
-            tenant,
-            conv,
-            &st,
-            &req,
-            Why::new("handoff", Some(holder), reason),
-        )
-        .await?;
-        let mut ch = routed(tenant, &c, &d, ConvEvent::Assigned);
-        ch.lost = Some(holder);
-        ch.reason = Some(reason.unwrap_or("handoff").to_owned());
-        events::enqueue_change(&tx, &ch).await?;
+        let why = Why::new("handoff", Some(holder), reason);
+        let ch = reroute(&tx, tenant, &c, holder, &req, why).await?;
         tx.commit().await?;
         Ok(ch)
     })
     .await?;
     finish(state, tenant, ch).await
+}
+
+/// Takes the locked, assigned conversation from `holder` and routes it again (to another
+/// eligible agent, or the queue), recording `why`: a handoff, a deactivation. Inside
+/// the caller's transaction; returns the change to publish.
+async fn reroute(
+    tx: &Transaction<'_>,
+    tenant: Uuid,
+    c: &Locked,
+    holder: Uuid,
+    req: &Request,
+    why: Why<'_>,
+) -> Result<Change> {
+    let st = routing::support_type(tx, tenant, &c.support_type).await?;
+    routing::release_slot(tx, tenant, holder).await?;
+    routing::leave(tx, tenant, c.id, holder, why.action).await?;
+    tx.execute(
+        "UPDATE conversations SET status = 'queued', assignee_id = NULL, queued_at = now()
+          WHERE tenant_id = $1 AND id = $2",
+        &[&tenant, &c.id],
+    )
+    .await?;
+    let reason = why.reason.unwrap_or(why.action).to_owned();
+    let d = routing::route(tx, tenant, c.id, &st, req, why).await?;
+    let mut ch = routed(tenant, c, &d, ConvEvent::Assigned);
+    ch.lost = Some(holder);
+    ch.reason = Some(reason);
+    events::enqueue_change(tx, &ch).await?;
+    Ok(ch)
+}
+
+/// Takes every conversation assigned to `agent` away from it, inside the caller's
+/// transaction (a deactivation): each is locked, released and routed again among the
+/// other eligible agents, or queued, as a handoff is (the events go out as for one,
+/// once the caller publishes the changes with [`settle_committed`]). Conversations are
+/// locked before the agent's row, the one lock order, so call it before changing the
+/// agent; snoozed ones keep their assignee until they wake.
+pub async fn release_agent(
+    tx: &Transaction<'_>,
+    tenant: Uuid,
+    agent: Uuid,
+    by: By,
+) -> Result<Vec<Change>> {
+    let held: Vec<Uuid> = tx
+        .query(
+            "SELECT id FROM conversations
+              WHERE tenant_id = $1 AND assignee_id = $2 AND status = 'assigned' ORDER BY id",
+            &[&tenant, &agent],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut changes = Vec::with_capacity(held.len());
+    for conv in held {
+        let c = lock(tx, tenant, conv).await?;
+        if c.assignee != Some(agent) || c.status != "assigned" {
+            continue;
+        }
+        let req = Request {
+            exclude: vec![agent],
+            ..Request::default()
+        };
+        let why = Why::new("deactivated", by.id(), None);
+        changes.push(reroute(tx, tenant, &c, agent, &req, why).await?);
+    }
+    Ok(changes)
+}
+
+/// Publishes changes that a caller's transaction committed (see [`release_agent`]) and
+/// drains the queue if they freed capacity.
+pub async fn settle_committed(state: &AppState, tenant: Uuid, changes: &[Change]) {
+    settle(state, tenant, changes).await;
 }
 
 /// Resolves with one of the support type's resolution reasons; frees the assignee's slot.

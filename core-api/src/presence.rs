@@ -10,6 +10,9 @@
 //!
 //! **Snoozes.** Conversations snoozed until a time are reopened when it comes.
 //!
+//! **Logged-out sessions.** Rows of `revoked_sessions` whose tokens have all expired
+//! are deleted, at most [`SESSIONS_PER_SWEEP`] per sweep, oldest first.
+//!
 //! **Queue.** Tenants whose conversations were left queued are kept in a Redis set; each
 //! sweep drains them (capacity may have appeared without an event, e.g. a core-api
 //! crashed between a resolve and its drain) and publishes the queue gauges.
@@ -123,7 +126,30 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
         if let Err(e) = sweep_queues(&state, &mut gauges).await {
             tracing::warn!(error = %e, "queue sweep failed");
         }
+        if let Err(e) = sweep_sessions(&state).await {
+            tracing::warn!(error = %e, "logged-out session sweep failed");
+        }
     }
+}
+
+/// Most expired logged-out sessions deleted per sweep.
+pub const SESSIONS_PER_SWEEP: i32 = 1000;
+
+/// Deletes logged-out sessions whose tokens have all expired (every tenant's: the
+/// function runs as the owning role, migration V6).
+async fn sweep_sessions(state: &AppState) -> Result<()> {
+    let client = state.pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT relaydesk_sweep_revoked_sessions($1)")
+        .await?;
+    let deleted: i32 = client
+        .query_one(&stmt, &[&SESSIONS_PER_SWEEP])
+        .await?
+        .get(0);
+    if deleted > 0 {
+        tracing::debug!(deleted, "expired logged-out sessions deleted");
+    }
+    Ok(())
 }
 
 async fn sweep_staff(state: &AppState) -> Result<()> {

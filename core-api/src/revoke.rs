@@ -10,13 +10,20 @@
 //! the agent (`Keys::principal_edges`), which closes the matching connections at once.
 //! Edges also re-read the set periodically (`edge/src/revoked.rs`), which bounds how
 //! long a lost push or a `hello` racing the push can go unnoticed.
+//!
+//! core-api also checks every agent's `hello` against PostgreSQL (`consumer.rs`), so a
+//! revocation the edge never heard of (its record in Redis lost, or made by hand in the
+//! database) still refuses the token: the answer is the revocation that matches it
+//! ([`refusal`]), pushed to that edge only.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::SortedSetsInterface;
-use relaydesk_shared::bus::{Egress, Revoked};
+use relaydesk_shared::bus::{Egress, Revoked, TokenCred};
+use uuid::Uuid;
 
+use crate::auth::Standing;
 use crate::error::{Error, Result};
 use crate::fanout::{now_ms, Out};
 use crate::AppState;
@@ -28,6 +35,40 @@ const SLACK: Duration = Duration::from_secs(60);
 pub fn until_ms(state: &AppState) -> u64 {
     let longest = state.config.session_ttl.max(state.config.connect_token_ttl) + SLACK;
     now_ms() + u64::try_from(longest.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// The revocation that refuses a token of `principal` carrying `cred`, given what
+/// PostgreSQL holds of it (`None`: no such agent), or `None` if the token is valid.
+/// Below the agent's current version: every token below it (what bumped the version
+/// revoked them all). A logged-out session: that session. A deactivated agent (its
+/// tokens are all below its version, deactivation bumped it) or anything else: every
+/// token up to the token's own version (activation bumps the version again, so the
+/// agent's next tokens pass).
+pub fn refusal(
+    tenant: Uuid,
+    principal: Uuid,
+    cred: TokenCred,
+    standing: Option<&Standing>,
+) -> Option<Revoked> {
+    if standing.is_some_and(|s| s.admits(cred.ver)) {
+        return None;
+    }
+    let below = |min| Revoked::Version {
+        tenant,
+        principal,
+        min,
+    };
+    Some(match (standing, cred.sid) {
+        (Some(s), _) if cred.ver < s.version => below(s.version),
+        (Some(s), Some(sid)) if s.logged_out && s.active && cred.ver == s.version => {
+            Revoked::Session {
+                tenant,
+                principal,
+                sid,
+            }
+        }
+        _ => below(cred.ver.saturating_add(1)),
+    })
 }
 
 /// Records `revoked` in Redis and pushes it to the edges holding the agent's connections.
@@ -65,4 +106,62 @@ pub async fn publish(state: &AppState, revoked: Revoked) -> Result<()> {
     state.fanout.publish(&outs).await?;
     tracing::info!(%tenant, agent = %principal, edges = outs.len(), "credentials revoked");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use relaydesk_shared::token::Role;
+
+    use super::*;
+
+    #[test]
+    fn a_hello_is_refused_by_the_revocation_that_matches_it() {
+        let (t, a, sid) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let standing = |version, active, logged_out| Standing {
+            role: Role::Agent,
+            version,
+            active,
+            logged_out,
+        };
+        let cred = |ver| TokenCred {
+            ver,
+            sid: Some(sid),
+        };
+        let below = |min| {
+            Some(Revoked::Version {
+                tenant: t,
+                principal: a,
+                min,
+            })
+        };
+        assert_eq!(
+            refusal(t, a, cred(2), Some(&standing(2, true, false))),
+            None
+        );
+        assert_eq!(
+            refusal(t, a, cred(1), Some(&standing(3, true, false))),
+            below(3)
+        );
+        assert_eq!(
+            refusal(t, a, cred(1), Some(&standing(3, false, true))),
+            below(3)
+        );
+        assert_eq!(
+            refusal(t, a, cred(2), Some(&standing(2, true, true))),
+            Some(Revoked::Session {
+                tenant: t,
+                principal: a,
+                sid
+            })
+        );
+        assert_eq!(
+            refusal(t, a, cred(2), Some(&standing(2, false, false))),
+            below(3)
+        );
+        assert_eq!(
+            refusal(t, a, cred(4), Some(&standing(2, true, false))),
+            below(5)
+        );
+        assert_eq!(refusal(t, a, cred(0), None), below(1));
+    }
 }

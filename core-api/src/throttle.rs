@@ -11,20 +11,62 @@
 //! address that guesses at many accounts). Unknown accounts count like known ones, so
 //! throttling reveals nothing about which exist.
 //!
+//! The source address is the TCP peer's, unless the peer is a trusted proxy
+//! (`TRUSTED_PROXIES`): then it is the right-most address of `X-Forwarded-For` that is
+//! not a trusted proxy ([`client_address`]). Each proxy appends the address it received
+//! the request from, so what lies left of the last untrusted entry may be forged.
+//!
 //! Keys (expiring): `<prefix>:login:{<tenant>:<email hash>}:n|lock` for an account (the
 //! email is hashed, not stored) and `<prefix>:login:{addr:<ip>}:n|lock` for an address.
 //! Metric: `relaydesk_core_login_throttled_total{scope="account|address"}`, logins
 //! refused by a lockout.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use fred::prelude::*;
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::AppState;
+
+/// The address a request is throttled under: `peer`, unless it is one of the `trusted`
+/// proxies; then the right-most `X-Forwarded-For` entry (over every such header, in
+/// order) that is not a trusted proxy. If every entry is trusted, the left-most; if one
+/// cannot be read (only the client can have written it, left of every trusted hop), the
+/// trusted hop right of it.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = forwarded_for
+        .into_iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
 
 /// Counts a failure and, at the limit, (re)starts the lockout: `base * 2^(n - limit)`
 /// milliseconds, at most `max`. The count lives for the window past the lockout.
@@ -159,5 +201,40 @@ mod tests {
         assert_eq!(s.address, "rd:login:{addr:10.0.0.1}");
         let mapped = Subjects::new("rd", t, "a@b.c", "::ffff:10.0.0.1".parse().unwrap());
         assert_eq!(mapped.address, s.address);
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let client =
+            |peer: &str, xff: &[&str]| client_address(ip(peer), xff.iter().copied(), &trusted);
+        // An untrusted peer is the client, whatever it forwards.
+        assert_eq!(client("203.0.113.9", &["198.51.100.1"]), ip("203.0.113.9"));
+        assert_eq!(client("203.0.113.9", &[]), ip("203.0.113.9"));
+        // Behind trusted proxies: the right-most untrusted entry; what the client wrote
+        // to its left is ignored.
+        assert_eq!(
+            client("10.0.0.2", &["1.1.1.1, 198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client("10.0.0.2", &["1.1.1.1", "198.51.100.7, 10.0.0.5"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client("::1", &["198.51.100.7:4711"]), ip("198.51.100.7"));
+        // Every entry trusted: the left-most; no header: the peer; garbage: the trusted
+        // hop right of it.
+        assert_eq!(client("10.0.0.2", &["10.0.0.3, 10.0.0.4"]), ip("10.0.0.3"));
+        assert_eq!(client("10.0.0.2", &[]), ip("10.0.0.2"));
+        assert_eq!(
+            client("10.0.0.2", &["198.51.100.7, nonsense, 10.0.0.4"]),
+            ip("10.0.0.4")
+        );
+        // Nobody trusted (the default): always the peer.
+        assert_eq!(
+            client_address(ip("10.0.0.2"), ["198.51.100.7"], &[]),
+            ip("10.0.0.2")
+        );
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{uuid, Next, Stack, Tenant, Ws};
+use relaydesk_shared::token::Role;
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -385,4 +386,231 @@ async fn api_keys_rotate_and_a_deleted_key_fails_at_once() {
     )
     .await;
     assert_eq!(stack.get("/v1/api-keys", &agent.token).await.0, 403);
+}
+
+/// The one statement that checks agents' tokens (over HTTP and at `hello`) runs on a
+/// pooled connection without a transaction of its own, answers for several tenants at
+/// once, sees each agent only in its own tenant, and leaves the connection unscoped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tokens_are_checked_in_one_statement() {
+    let stack = Stack::start(0).await;
+    let (a, b) = (stack.tenant().await, stack.tenant().await);
+    let ann = staff(&stack, &a, "supervisor").await;
+    let bob = staff(&stack, &a, "agent").await;
+    let bots = stack.agent_with(&b, "agent", "bot", 1, false).await;
+    let path = format!("/v1/agents/{}/deactivate", bob.id);
+    assert_eq!(stack.post(&path, &a.api_key, json!({})).await.0, 200);
+    let sid = Uuid::new_v4();
+    stack
+        .admin_db()
+        .await
+        .execute(
+            "INSERT INTO revoked_sessions (tenant_id, sid, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+            &[&a.id, &sid],
+        )
+        .await
+        .unwrap();
+
+    let pool = relaydesk_core::db::pool(&stack.env.database_url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    let keys = [
+        (a.id, ann.id, None),
+        (a.id, bob.id, Some(sid)),
+        (b.id, bots.id, Some(Uuid::new_v4())),
+        (b.id, ann.id, None),
+        (a.id, bots.id, None),
+    ];
+    let found = relaydesk_core::auth::standings(&client, &keys)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3, "{found:?}");
+    let ann_s = found[&keys[0]];
+    assert_eq!(
+        (ann_s.role, ann_s.version, ann_s.active, ann_s.logged_out),
+        (Role::Supervisor, 0, true, false)
+    );
+    assert!(ann_s.admits(0) && !ann_s.admits(1));
+    let bob_s = found[&keys[1]];
+    assert_eq!(
+        (bob_s.version, bob_s.active, bob_s.logged_out),
+        (1, false, true)
+    );
+    assert!(!bob_s.admits(1));
+    let bot_s = found[&keys[2]];
+    assert_eq!((bot_s.role, bot_s.logged_out), (Role::Bot, false));
+    // No tenant scope outlived the statement, and no transaction was left open (each
+    // statement then runs in a transaction of its own).
+    let scope: String = client
+        .query_one(
+            "SELECT coalesce(current_setting('app.tenant_id', true), '')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scope, "");
+    let started = "SELECT xact_start FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    let first: std::time::SystemTime = client.query_one(started, &[]).await.unwrap().get(0);
+    let second: std::time::SystemTime = client.query_one(started, &[]).await.unwrap().get(0);
+    assert_ne!(first, second, "the connection is still in a transaction");
+}
+
+/// core-api checks every agent's `hello` against PostgreSQL too: revocations the edges
+/// never heard of (made here behind the application's back, so nothing reaches Redis)
+/// still refuse the token with 4501, while the agent's valid tokens go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_api_refuses_at_hello_what_the_database_revoked() {
+    let stack = Stack::start(1).await;
+    let t = stack.tenant().await;
+    let edge = &stack.edge_urls[0];
+    let db = stack.admin_db().await;
+    let verifier = relaydesk_shared::token::TokenVerifier::from_pem(
+        &stack.env.public_pem,
+        relaydesk_shared::token::AUD_EDGE,
+    )
+    .unwrap();
+
+    // An older credential version.
+    let ann = staff(&stack, &t, "agent").await;
+    db.execute(
+        "UPDATE agents SET credential_version = credential_version + 1 WHERE tenant_id = $1 AND id = $2",
+        &[&t.id, &ann.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &ann.connect).await.err(), Some(Some(4501)));
+    let fresh = connect_token(&stack, &login(&stack, &t, &ann.email, PASSWORD).await).await;
+    hello(edge, &fresh).await.unwrap();
+
+    // A logged-out session; the agent's other session is not.
+    let bob = staff(&stack, &t, "agent").await;
+    let other = connect_token(&stack, &login(&stack, &t, &bob.email, PASSWORD).await).await;
+    let sid = verifier.verify(&bob.connect).unwrap().sid.unwrap();
+    db.execute(
+        "INSERT INTO revoked_sessions (tenant_id, sid, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+        &[&t.id, &sid],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &bob.connect).await.err(), Some(Some(4501)));
+    hello(edge, &other).await.unwrap();
+
+    // A deactivated agent; once activated again, its new tokens are welcome.
+    let cid = staff(&stack, &t, "agent").await;
+    db.execute(
+        "UPDATE agents SET deactivated_at = now() WHERE tenant_id = $1 AND id = $2",
+        &[&t.id, &cid.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello(edge, &cid.connect).await.err(), Some(Some(4501)));
+    let path = format!("/v1/agents/{}/activate", cid.id);
+    assert_eq!(stack.post(&path, &t.api_key, json!({})).await.0, 200);
+    let fresh = connect_token(&stack, &login(&stack, &t, &cid.email, PASSWORD).await).await;
+    hello(edge, &fresh).await.unwrap();
+    assert_eq!(hello(edge, &cid.connect).await.err(), Some(Some(4501)));
+
+    // Visitors are not agents: welcomed as before.
+    let visitor = stack.visitor(&t).await;
+    hello(edge, &visitor.connect).await.unwrap();
+}
+
+/// Logged-out sessions are deleted by the periodic sweep once their tokens have expired,
+/// without waiting for another logout; the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_logged_out_sessions_are_swept() {
+    let stack = Stack::start(0).await;
+    let t = stack.tenant().await;
+    let db = stack.admin_db().await;
+    let (expired, live) = (Uuid::new_v4(), Uuid::new_v4());
+    db.execute(
+        "INSERT INTO revoked_sessions (tenant_id, sid, expires_at)
+         VALUES ($1, $2, now() - interval '1 minute'), ($1, $3, now() + interval '1 hour')",
+        &[&t.id, &expired, &live],
+    )
+    .await
+    .unwrap();
+    let present = |sid: Uuid| {
+        let db = &db;
+        let tenant = t.id;
+        async move {
+            db.query_opt(
+                "SELECT 1 FROM revoked_sessions WHERE tenant_id = $1 AND sid = $2",
+                &[&tenant, &sid],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while present(expired).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired session was not swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(present(live).await);
+}
+
+/// Deactivating an agent routes its conversations again in the same transaction: to
+/// another eligible agent while one has room (who hears of it at once), else the queue;
+/// the agent's load is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_an_agent_routes_its_conversations_again() {
+    let stack = Stack::start(1).await;
+    let t = stack.tenant().await;
+    let ann = staff(&stack, &t, "agent").await;
+    let mut convs = Vec::new();
+    for _ in 0..2 {
+        let visitor = stack.visitor(&t).await;
+        let (conv, assignee) = stack.conversation(&visitor).await;
+        assert_eq!(assignee, Some(ann.id));
+        convs.push(conv);
+    }
+    // Bob comes online with room for one.
+    let bob = stack.agent_with(&t, "agent", "human", 1, true).await;
+    let (mut bob_ws, _) = Ws::connect(&stack.edge_urls[0], &bob.connect).await;
+
+    let path = format!("/v1/agents/{}/deactivate", ann.id);
+    let (status, body) = stack.post(&path, &t.api_key, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let states: Vec<Value> =
+        futures::future::join_all(convs.iter().map(|c| stack.conversation_state(&t, *c))).await;
+    let to_bob: Vec<&Value> = states
+        .iter()
+        .filter(|s| s["assignee"] == json!(bob.id))
+        .collect();
+    let queued: Vec<&Value> = states.iter().filter(|s| s["status"] == "queued").collect();
+    assert_eq!((to_bob.len(), queued.len()), (1, 1), "{states:?}");
+    assert_eq!(queued[0]["assignee"], Value::Null);
+    let moved = to_bob[0]["id"].clone();
+    let frame = bob_ws
+        .wait_for(|f| f["t"] == "conv" && f["conv"] == moved)
+        .await;
+    assert_eq!(frame["assignee"], json!(bob.id), "{frame}");
+    assert_eq!(frame["reason"], "deactivated", "{frame}");
+    let (_, agents) = stack.get("/v1/agents", &t.api_key).await;
+    let ann_row = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == json!(ann.id))
+        .unwrap();
+    assert_eq!(ann_row["open_conversations"], 0, "{ann_row}");
+    let (_, history) = stack
+        .get(
+            &format!("/v1/conversations/{}/assignments", convs[0]),
+            &t.api_key,
+        )
+        .await;
+    assert!(
+        history["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "deactivated" || a["action"] == "queued"),
+        "{history}"
+    );
 }

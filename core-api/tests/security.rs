@@ -184,6 +184,60 @@ async fn failed_logins_lock_the_address_out() {
     assert!(core_metric(&stack, "relaydesk_core_login_throttled_total").await >= 1.0);
 }
 
+/// Behind a trusted proxy (here the test's own address), the address throttled is the
+/// client's from `X-Forwarded-For`: one client locked out leaves another through the same
+/// proxy free. Without `TRUSTED_PROXIES` the header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_throttled() {
+    let stack = Stack::start_core_tuned(0, |c| {
+        c.login_address_failures = 3;
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let t = stack.tenant().await;
+    let ann = agent_email(&stack, &t).await;
+    let from = |client: &'static str, email: String, password: &'static str| {
+        let r = stack
+            .http
+            .post(format!("{}/v1/auth/login", stack.core_url))
+            .header("X-Forwarded-For", format!("192.0.2.66, {client}"))
+            .json(&json!({"tenant": t.id, "email": email, "password": password}));
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    for i in 0..3 {
+        assert_eq!(
+            from("198.51.100.1", format!("nobody-{i}@acme.test"), "guess").await,
+            401
+        );
+    }
+    assert_eq!(from("198.51.100.1", ann.clone(), PASSWORD).await, 429);
+    // Another client behind the same proxy (with the same forged left-most entry).
+    assert_eq!(from("198.51.100.2", ann.clone(), PASSWORD).await, 200);
+
+    // Not trusted: every request is the peer's, whatever it forwards.
+    let stack = Stack::start_core_tuned(0, |c| c.login_address_failures = 3).await;
+    let t = stack.tenant().await;
+    for (i, client) in ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .enumerate()
+    {
+        let status = stack
+            .http
+            .post(format!("{}/v1/auth/login", stack.core_url))
+            .header("X-Forwarded-For", *client)
+            .json(&json!({"tenant": t.id, "email": format!("nobody-{i}@acme.test"), "password": "guess"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 401);
+    }
+    let ann = agent_email(&stack, &t).await;
+    let (status, _, body) = login(&stack, &stack.core_url, t.id, &ann, PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

@@ -13,7 +13,9 @@
 //!
 //! A `hello` whose token a known entry matches is refused (4501); an entry that arrives
 //! closes the open connections it matches with 4501. Admission and closing happen
-//! under one lock, so a connection is either refused or seen by the entry.
+//! under one lock, that of the agent's shard (the state is sharded by principal), so a
+//! connection is either refused or seen by the entry, and a connection closing waits
+//! only for its own shard: a visitor's takes no lock at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,21 +42,24 @@ struct Cred {
 }
 
 /// (tenant, principal).
-type Principal = (Uuid, Uuid);
+pub type Principal = (Uuid, Uuid);
+
+/// Shards of the state, each behind its own lock: a principal's entries and connections
+/// all live in one, so admitting, closing and revoking one agent's connections contend
+/// only with the agents that share its shard.
+const SHARDS: usize = 16;
 
 #[derive(Default)]
-struct State {
+struct Shard {
     /// Principal → (lowest valid version, until when, Unix ms).
     versions: HashMap<Principal, (u32, u64)>,
     /// Logged-out session → until when (Unix ms).
     sessions: HashMap<Uuid, u64>,
     /// Authenticated connections by principal: a revocation looks at its principal's only.
     conns: HashMap<Principal, HashMap<u64, Cred>>,
-    /// Connection → its principal.
-    owners: HashMap<u64, Principal>,
 }
 
-impl State {
+impl Shard {
     fn matches(&self, who: Principal, ver: u32, sid: Option<Uuid>) -> bool {
         self.versions.get(&who).is_some_and(|(min, _)| ver < *min)
             || sid.is_some_and(|s| self.sessions.contains_key(&s))
@@ -62,21 +67,33 @@ impl State {
 }
 
 /// What this edge knows of revoked credentials.
-#[derive(Default)]
 pub struct Revocations {
-    state: Mutex<State>,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
 }
 
 impl Revocations {
+    fn shard(&self, who: Principal) -> &Mutex<Shard> {
+        &self.shards[(who.1.as_u128() % SHARDS as u128) as usize]
+    }
+
     /// Records an authenticated connection unless its token is revoked (then `false`).
     /// Only agents' credentials are revocable: visitors' connections, most of an edge's,
-    /// are admitted without being recorded, so they cost nothing here.
+    /// are admitted without being recorded, so they cost nothing here (and need no
+    /// [`Revocations::forget`]).
     pub fn admit(&self, conn: u64, claims: &Claims, out: &Outbound) -> bool {
         if claims.role == relaydesk_shared::token::Role::Visitor {
             return true;
         }
         let who = (claims.tid, claims.sub);
-        let mut s = crate::lock(&self.state);
+        let mut s = crate::lock(self.shard(who));
         if s.matches(who, claims.version(), claims.sid) {
             return false;
         }
@@ -88,16 +105,13 @@ impl Revocations {
                 out: out.clone(),
             },
         );
-        s.owners.insert(conn, who);
         true
     }
 
-    /// Forgets a closed connection.
-    pub fn forget(&self, conn: u64) {
-        let mut s = crate::lock(&self.state);
-        let Some(who) = s.owners.remove(&conn) else {
-            return;
-        };
+    /// Forgets a closed connection of `who` that [`Revocations::admit`] recorded (an
+    /// agent's); takes only the lock of `who`'s shard.
+    pub fn forget(&self, conn: u64, who: Principal) {
+        let mut s = crate::lock(self.shard(who));
         if let Some(of) = s.conns.get_mut(&who) {
             of.remove(&conn);
             if of.is_empty() {
@@ -114,7 +128,7 @@ impl Revocations {
             return 0;
         }
         let who = revoked.principal();
-        let mut s = crate::lock(&self.state);
+        let mut s = crate::lock(self.shard(who));
         let new = match *revoked {
             Revoked::Version { min, .. } => {
                 let e = s.versions.entry(who).or_insert((0, until_ms));
@@ -156,15 +170,19 @@ impl Revocations {
 
     /// Forgets entries past their time.
     pub fn sweep(&self, now_ms: u64) {
-        let mut s = crate::lock(&self.state);
-        s.versions.retain(|_, (_, until)| *until > now_ms);
-        s.sessions.retain(|_, until| *until > now_ms);
+        for shard in &self.shards {
+            let mut s = crate::lock(shard);
+            s.versions.retain(|_, (_, until)| *until > now_ms);
+            s.sessions.retain(|_, until| *until > now_ms);
+        }
     }
 
     /// (version entries, session entries) held.
     pub fn counts(&self) -> (usize, usize) {
-        let s = crate::lock(&self.state);
-        (s.versions.len(), s.sessions.len())
+        self.shards.iter().fold((0, 0), |(v, n), shard| {
+            let s = crate::lock(shard);
+            (v + s.versions.len(), n + s.sessions.len())
+        })
     }
 }
 
@@ -242,7 +260,7 @@ mod tests {
             principal: p,
             min: 2,
         };
-        r.forget(1);
+        r.forget(1, (t, p));
         assert_eq!(r.apply(&version, later), 1);
         assert_eq!(b.close_code(), Some(4501));
         // A token without a version counts as version 0.
@@ -266,5 +284,36 @@ mod tests {
         r.sweep(later + 6);
         assert_eq!(r.counts(), (0, 0));
         assert!(r.admit(7, &claims(t, p, Some(1), Some(s1)), &Outbound::new(1024)));
+    }
+
+    #[test]
+    fn closing_waits_only_for_its_own_shard() {
+        let r = std::sync::Arc::new(Revocations::default());
+        let t = Uuid::new_v4();
+        let p = Uuid::new_v4();
+        // Another agent in another shard.
+        let q = loop {
+            let q = Uuid::new_v4();
+            if !std::ptr::eq(r.shard((t, q)), r.shard((t, p))) {
+                break q;
+            }
+        };
+        let out = Outbound::new(1024);
+        assert!(r.admit(1, &claims(t, q, Some(0), None), &out));
+        // While p's shard is held (a revocation being applied there), q's connection
+        // closes.
+        let held = crate::lock(r.shard((t, p)));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let closer = r.clone();
+        std::thread::spawn(move || {
+            closer.forget(1, (t, q));
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "forget waited for another shard's lock"
+        );
+        drop(held);
+        assert!(crate::lock(r.shard((t, q))).conns.is_empty());
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fred::prelude::HashesInterface;
-use relaydesk_shared::bus::{Egress, Ingress, Source};
+use relaydesk_shared::bus::{Egress, Ingress, Source, TokenCred};
+use relaydesk_shared::token::Role;
 use relaydesk_shared::wire::{self, Actor, ClientFrame, ServerFrame};
 use relaydesk_shared::{CloseCode, ErrorCode};
 use tokio::net::TcpStream;
@@ -241,6 +242,7 @@ pub(crate) fn spawn_session(
         conn,
         out,
         src: None,
+        revocable: false,
         origin,
         bad: 0,
         sends: ctx.limits.connection_bucket(),
@@ -283,7 +285,9 @@ async fn finish_session(mut link: Link, session: Session, end: End) {
             "unauthenticated connection closed"
         );
     }
-    ctx.revoked.forget(conn);
+    if let Some(src) = session.src.as_ref().filter(|_| session.revocable) {
+        ctx.revoked.forget(conn, (src.tenant, src.principal));
+    }
     out.finish(1006);
     let code = out.close_code().unwrap_or(1006);
     metrics::counter!("relaydesk_edge_closes_total", "code" => code.to_string()).increment(1);
@@ -309,6 +313,8 @@ struct Session {
     out: Outbound,
     /// Set once authenticated.
     src: Option<Source>,
+    /// Recorded for revocation under `src`'s principal (agents; visitors are not).
+    revocable: bool,
     /// The upgrade request's `Origin`, until `hello` checked it against the token.
     origin: Option<String>,
     /// This connection's place under the edge's and its address's connection caps.
@@ -379,15 +385,16 @@ impl Session {
             tracing::debug!(conn = self.conn, origin, "origin refused");
             return Err(End::Close(CloseCode::Unauthorized));
         }
+        let Some(tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
+            tracing::info!(conn = self.conn, tenant = %claims.tid, "tenant connection cap reached");
+            return Err(End::Close(CloseCode::RateLimited));
+        };
         // From here on a revocation that arrives closes this connection.
         if !self.ctx.revoked.admit(self.conn, &claims, &self.out) {
             tracing::debug!(conn = self.conn, principal = %claims.sub, "revoked token refused");
             return Err(End::Close(CloseCode::Unauthorized));
         }
-        let Some(tenant_slot) = self.ctx.limits.admit_tenant(claims.tid) else {
-            tracing::info!(conn = self.conn, tenant = %claims.tid, "tenant connection cap reached");
-            return Err(End::Close(CloseCode::RateLimited));
-        };
+        self.revocable = claims.role != Role::Visitor;
         let src = Source {
             edge: self.ctx.edge_id.clone(),
             conn: self.conn,
@@ -416,7 +423,14 @@ impl Session {
         if !matches!(registered, Ok(Ok(true))) {
             return Err(End::Close(CloseCode::Unavailable));
         }
-        let hello = Ingress::Hello { src: src.clone() };
+        let cred = (claims.role != Role::Visitor).then(|| TokenCred {
+            ver: claims.version(),
+            sid: claims.sid,
+        });
+        let hello = Ingress::Hello {
+            src: src.clone(),
+            cred,
+        };
         if self
             .ctx
             .ingress

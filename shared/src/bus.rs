@@ -125,6 +125,15 @@ pub struct Source {
     pub name: Option<String>,
 }
 
+/// The credential identity an agent's token carries: its credential version (0 when
+/// absent) and its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCred {
+    pub ver: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+}
+
 /// A revoked credential of an agent: what edges refuse at `hello` and close open
 /// connections for (4501).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,8 +170,16 @@ impl Revoked {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Ingress {
-    /// A new connection asks for its automatic subscriptions; answered by [`Egress::Welcome`].
-    Hello { src: Source },
+    /// A new connection asks for its automatic subscriptions; answered by
+    /// [`Egress::Welcome`], or, when the agent's token is no longer valid in PostgreSQL,
+    /// by an [`Egress::Revoke`] that closes it.
+    Hello {
+        src: Source,
+        /// The token's credential version and session (agents' tokens), which core-api
+        /// checks again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cred: Option<TokenCred>,
+    },
     /// A client `send`; answered by [`Egress::Reply`] (`accepted` or `error`) after commit.
     Send {
         src: Source,
@@ -185,7 +202,7 @@ pub enum Ingress {
 impl Ingress {
     pub fn source(&self) -> &Source {
         match self {
-            Ingress::Hello { src }
+            Ingress::Hello { src, .. }
             | Ingress::Send { src, .. }
             | Ingress::Sub { src, .. }
             | Ingress::Ack { src, .. }

@@ -14,7 +14,8 @@
 import { byId, isTypingTarget } from './dom.js';
 import { armAudio, beep, flashTitle, setUnreadTotal, stopFlash, toast } from './notify.js';
 import {
-  clearSession, loadClientLib, loadSession, login, makeCaller, messageOf, saveSession, statusOf,
+  clearSession, loadClientLib, loadSession, login, makeCaller, messageOf, retryAfterOf, saveSession,
+  statusOf,
 } from './session.js';
 import { Store } from './store.js';
 import { conversationTitle, createPane, showDialog } from './pane.js';
@@ -107,7 +108,8 @@ function showLogin(tenant) {
     } catch (err) {
       const s = statusOf(err);
       error.textContent =
-        s === 401 ? 'Wrong email or password.'
+        s === 429 ? `Too many attempts, try again in ${retryAfterOf(err) ?? 30} s.`
+          : s === 401 ? 'Wrong email or password.'
           : s === 400 ? `Check the tenant ID and try again (${messageOf(err)}).`
             : s === 404 ? 'Unknown tenant.'
               : s === 0 ? 'The server cannot be reached. Try again in a moment.'

@@ -67,7 +67,8 @@ export function loadClientLib() {
 
 /**
  * The same contract as the library's `api` (JSON in and out; throws an Error with
- * `.status` and `.code`), for use before or without the library.
+ * `.status` and `.code`, and `.retryAfter` in seconds when the answer says when to
+ * retry), for use before or without the library.
  * @type {ApiFn}
  */
 export async function fallbackApi(apiBase, token, method, path, body) {
@@ -105,6 +106,8 @@ export async function fallbackApi(apiBase, token, method, path, body) {
     );
     err.status = res.status;
     err.code = data?.error?.code || 'internal';
+    const retryAfter = Number(res.headers.get('Retry-After'));
+    if (Number.isFinite(retryAfter) && retryAfter > 0) err.retryAfter = retryAfter;
     throw err;
   }
   return data;
@@ -117,6 +120,16 @@ export async function fallbackApi(apiBase, token, method, path, body) {
  */
 export function statusOf(e) {
   const s = /** @type {any} */ (e)?.status;
+  return typeof s === 'number' ? s : undefined;
+}
+
+/**
+ * An Error's `Retry-After`, in seconds, if the answer had one.
+ * @param {unknown} e
+ * @returns {number | undefined}
+ */
+export function retryAfterOf(e) {
+  const s = /** @type {any} */ (e)?.retryAfter;
   return typeof s === 'number' ? s : undefined;
 }
 

@@ -175,7 +175,7 @@ pub struct Login {
 }
 
 /// `POST /v1/auth/login`: an agent session token. Throttled per account and per source
-/// address (`crate::throttle`): while either is locked out, 429 with `Retry-After`,
+/// address (the peer's, or behind a trusted proxy the client's: `crate::throttle`): while either is locked out, 429 with `Retry-After`,
 /// before the password is looked at. An unknown account costs the same argon2
 /// verification as a wrong password and gets the same 401.
 #[utoipa::path(post, path = "/v1/auth/login", request_body = Login,
@@ -185,10 +185,16 @@ pub struct Login {
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Json<Value>> {
     let email = req.email.trim().to_lowercase();
-    let subjects = throttle::Subjects::new(state.keys.prefix(), req.tenant, &email, peer.ip());
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let source = throttle::client_address(peer.ip(), forwarded, &state.config.trusted_proxies);
+    let subjects = throttle::Subjects::new(state.keys.prefix(), req.tenant, &email, source);
     throttle::check(&state, &subjects).await?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, req.tenant).await?;
@@ -399,25 +405,22 @@ pub async fn update_agent(
         .query_one(
             &format!(
                 "UPDATE agents SET name = coalesce($3, name), role = coalesce($4, role),
-                    max_concurrent = coalesce($5, max_concurrent),
-                    credential_version = credential_version + $6
+                    max_concurrent = coalesce($5, max_concurrent)
               WHERE tenant_id = $1 AND id = $2
-             RETURNING {AGENT_COLUMNS}, credential_version"
+             RETURNING {AGENT_COLUMNS}"
             ),
-            &[
-                &tenant,
-                &id,
-                &name,
-                &req.role,
-                &req.max_concurrent,
-                &i32::from(role_changed),
-            ],
+            &[&tenant, &id, &name, &req.role, &req.max_concurrent],
         )
         .await?;
+    let revoked = if role_changed {
+        bump_version(&tx, tenant, id).await?
+    } else {
+        None
+    };
     tx.commit().await?;
     drop(client);
-    if role_changed {
-        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+    if let Some(min) = revoked {
+        revoke_below(&state, tenant, id, min).await?;
     }
     if req.max_concurrent.is_some() {
         lifecycle::capacity_changed(&state, tenant).await;
@@ -699,7 +702,10 @@ async fn revoke_below(state: &AppState, tenant: Uuid, agent: Uuid, min: u32) -> 
     .await
 }
 
-/// Bumps an active agent's credential version in `tx`; `None` if no active agent matched.
+/// Bumps the agent's credential version in `tx`, so that every token minted before is
+/// revoked once `tx` commits; the new version, or `None` if there is no such agent. The
+/// one place that changes `credential_version` (a role change, deactivation, a password
+/// change, log-out-everywhere).
 async fn bump_version(
     tx: &tokio_postgres::Transaction<'_>,
     tenant: Uuid,
@@ -708,7 +714,7 @@ async fn bump_version(
     Ok(tx
         .query_opt(
             "UPDATE agents SET credential_version = credential_version + 1
-              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
+              WHERE tenant_id = $1 AND id = $2
              RETURNING credential_version",
             &[&tenant, &id],
         )
@@ -830,15 +836,17 @@ pub async fn set_password(
     let hash = auth::hash_password(req.new).await?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
-    let min = tx
-        .query_opt(
-            "UPDATE agents SET password_hash = $3, credential_version = credential_version + 1
-              WHERE tenant_id = $1 AND id = $2
-             RETURNING credential_version",
+    let changed = tx
+        .execute(
+            "UPDATE agents SET password_hash = $3 WHERE tenant_id = $1 AND id = $2",
             &[&tenant, &id, &hash],
         )
+        .await?;
+    if changed == 0 {
+        return Err(Error::not_found("agent"));
+    }
+    let min = bump_version(&tx, tenant, id)
         .await?
-        .map(|r| version_of(&r, 0))
         .ok_or_else(|| Error::not_found("agent"))?;
     tx.commit().await?;
     drop(client);
@@ -848,8 +856,9 @@ pub async fn set_password(
 
 /// `POST /v1/agents/{id}/deactivate` (API key or admin): the agent can no longer log in,
 /// every token it holds is revoked (its sockets are closed with 4501), it is set offline
-/// and receives no new assignments. Conversations assigned to it stay assigned (transfer
-/// them). Deactivating a deactivated agent changes nothing.
+/// and receives no new assignments. The conversations assigned to it are routed again in
+/// the same transaction (to another eligible agent, or the queue), as a handoff is.
+/// Deactivating a deactivated agent changes nothing else.
 #[utoipa::path(post, path = "/v1/agents/{id}/deactivate", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "agent id")),
     responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -859,46 +868,63 @@ pub async fn deactivate(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>> {
     let tenant = caller.tenant_admin()?;
-    let mut client = state.pool.get().await?;
-    let tx = db::tenant_tx(&mut client, tenant).await?;
-    let changed = tx
-        .query_opt(
-            &format!(
-                "UPDATE agents SET deactivated_at = now(), credential_version = credential_version + 1,
-                    status = 'offline',
-                    status_changed_at = CASE WHEN status = 'offline' THEN status_changed_at ELSE now() END
-              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
-             RETURNING {AGENT_COLUMNS}, credential_version"
-            ),
-            &[&tenant, &id],
-        )
-        .await?;
-    let newly = changed.is_some();
-    let row = match changed {
-        Some(row) => row,
-        None => tx
-            .query_opt(
-                &format!(
-                    "SELECT {AGENT_COLUMNS}, credential_version FROM agents
-                      WHERE tenant_id = $1 AND id = $2"
-                ),
-                &[&tenant, &id],
-            )
-            .await?
-            .ok_or_else(|| Error::not_found("agent"))?,
-    };
-    tx.commit().await?;
-    drop(client);
-    if newly {
-        revoke_below(&state, tenant, id, version_of(&row, 8)).await?;
+    let (_, by) = super::actions::by(caller)?;
+    let (row, revoked, moved) =
+        lifecycle::retrying(|| deactivate_once(&state, tenant, id, by)).await?;
+    lifecycle::settle_committed(&state, tenant, &moved).await;
+    if let Some(min) = revoked {
+        revoke_below(&state, tenant, id, min).await?;
         crate::presence::announce(&state, tenant, id, "offline").await;
-        tracing::info!(%tenant, agent = %id, "agent deactivated");
+        tracing::info!(%tenant, agent = %id, requeued = moved.len(), "agent deactivated");
     }
     Ok(Json(json!({ "agent": agent_from_row(&row) })))
 }
 
+/// One attempt of [`deactivate`]'s transaction: the agent's conversations are taken
+/// from it first (their rows are locked before the agent's), then the agent is
+/// deactivated, then what was assigned to it meanwhile is taken too. Returns the agent,
+/// its new credential version if it was active, and the conversations' changes.
+async fn deactivate_once(
+    state: &AppState,
+    tenant: Uuid,
+    id: Uuid,
+    by: lifecycle::By,
+) -> Result<(tokio_postgres::Row, Option<u32>, Vec<crate::events::Change>)> {
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let mut moved = lifecycle::release_agent(&tx, tenant, id, by).await?;
+    let changed = tx
+        .query_opt(
+            &format!(
+                "UPDATE agents SET deactivated_at = now(), status = 'offline',
+                    status_changed_at = CASE WHEN status = 'offline' THEN status_changed_at ELSE now() END
+              WHERE tenant_id = $1 AND id = $2 AND deactivated_at IS NULL
+             RETURNING {AGENT_COLUMNS}"
+            ),
+            &[&tenant, &id],
+        )
+        .await?;
+    let (row, revoked) = match changed {
+        Some(row) => (row, bump_version(&tx, tenant, id).await?),
+        None => (
+            tx.query_opt(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"),
+                &[&tenant, &id],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))?,
+            None,
+        ),
+    };
+    moved.extend(lifecycle::release_agent(&tx, tenant, id, by).await?);
+    tx.commit().await?;
+    Ok((row, revoked, moved))
+}
+
 /// `POST /v1/agents/{id}/activate` (API key or admin): the agent may log in again (it
-/// stays offline until it sets its status).
+/// stays offline until it sets its status). The credential version is bumped once more:
+/// whatever refused the deactivated agent's tokens (up to its version, see
+/// `revoke::refusal`) does not refuse its next ones.
 #[utoipa::path(post, path = "/v1/agents/{id}/activate", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "agent id")),
     responses((status = 200, body = AgentBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -920,6 +946,7 @@ pub async fn activate(
         )
         .await?
         .ok_or_else(|| Error::not_found("agent"))?;
+    bump_version(&tx, tenant, id).await?;
     tx.commit().await?;
     Ok(Json(json!({ "agent": agent_from_row(&row) })))
 }
@@ -1001,4 +1028,38 @@ pub async fn delete_api_key(
         return Err(Error::not_found("API key"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file of core-api's sources, as text.
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    #[test]
+    fn the_credential_version_is_bumped_in_one_place() {
+        let mut files = Vec::new();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        sources(&root, &mut files);
+        let needle = concat!("credential_version", " = ");
+        let places: Vec<&str> = files
+            .iter()
+            .flat_map(|(path, text)| text.matches(needle).map(move |_| path.as_str()))
+            .collect();
+        assert_eq!(
+            places.len(),
+            1,
+            "credential_version is written in {places:?}"
+        );
+        assert!(places[0].ends_with("accounts.rs"));
+    }
 }
