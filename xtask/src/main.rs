@@ -1,7 +1,7 @@
 //! Relaydesk developer commands, run as `cargo xtask <command>`.
 //!
 //! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances,
-//!   then the browser tests; `--schema-only`: Schemathesis over the HTTP API.
+//!   then the browser tests and Schemathesis over the HTTP API.
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
 //! - `restart-edges`: a rolling restart of the edges `up --detach` started.
@@ -45,8 +45,9 @@ enum Command {
     ///
     /// Arguments after `--` are passed to the test runner (`cargo nextest run --workspace` when
     /// cargo-nextest is installed, `cargo test --workspace` otherwise), or with
-    /// `--schema-only` to Schemathesis. The browser tests of the console and the widget
-    /// run after a full suite (not after a filtered one).
+    /// `--schema-only` to Schemathesis. The browser tests of the console and the widget,
+    /// then Schemathesis over the HTTP API, run after a full suite (not after a filtered
+    /// one).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]

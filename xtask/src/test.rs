@@ -1,8 +1,8 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
 //! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
 //! never share instances; always stopped at the end, removed when the tests pass), then
-//! the browser tests of the console and the widget (`e2e`) on the same instances;
-//! `--schema-only` runs Schemathesis over the HTTP API (`schemathesis`) on them instead.
+//! the browser tests of the console and the widget (`e2e`) and Schemathesis over the HTTP
+//! API (`schemathesis`) on the same instances.
 
 use std::path::Path;
 
@@ -94,8 +94,8 @@ pub async fn run(root: &Path, no_lint: bool, only: Only, extra: &[String]) -> Re
         .await?
     };
 
-    // The browser and schema tests need the suite's services; the browser tests run once
-    // the suite has passed, after a full suite (not after a filtered one), or alone.
+    // The browser and schema tests need the suite's services; they run once the suite
+    // has passed, after a full suite (not after a filtered one), or alone.
     let full = only == Only::All && extra.is_empty();
     let (app_url, redis_url) = (pg.url("relaydesk_app", "relaydesk"), redis.url());
     let status = if (full || only == Only::Browser) && status.success() {
@@ -107,9 +107,7 @@ pub async fn run(root: &Path, no_lint: bool, only: Only, extra: &[String]) -> Re
     } else {
         status
     };
-    // Schemathesis runs only when asked (`--schema-only`) until the document and the
-    // server agree everywhere (docs/reliability.md, "Schemathesis").
-    let status = if only == Only::Schema && status.success() {
+    let status = if (full || only == Only::Schema) && status.success() {
         // Alone, the arguments after `--` are Schemathesis's.
         let args = if only == Only::Schema { extra } else { &[] };
         let schema = crate::schemathesis::run(root, &app_url, &redis_url, &keys, args);
@@ -142,7 +140,7 @@ pub async fn run(root: &Path, no_lint: bool, only: Only, extra: &[String]) -> Re
 /// Which part of the tests to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
-    /// The workspace tests, then (unless filtered) the browser tests.
+    /// The workspace tests, then (unless filtered) the browser and schema stages.
     All,
     /// Just the browser tests.
     Browser,
