@@ -37,8 +37,9 @@ const CHUNK: usize = 500;
 const SCAN_PAGE: i64 = 5_000;
 /// Most visitors examined for an `online` segment before it counts as too broad.
 const MAX_SCANNED: usize = 1_000_000;
-/// Longest blast text, in bytes.
-pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Longest blast text, in characters (its message must also stay within
+/// `input::MAX_MESSAGE_BYTES` serialized, else 413).
+pub const MAX_TEXT_CHARS: usize = 16 * 1024;
 /// Largest `attributes` criterion, in bytes.
 const MAX_CRITERION_BYTES: usize = 16 * 1024;
 /// The support type of conversations a blast creates.
@@ -131,10 +132,16 @@ pub async fn send(
     text: &str,
     segment: &Segment,
 ) -> Result<Sent> {
-    if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+    if text.trim().is_empty() || text.chars().count() > MAX_TEXT_CHARS {
         return Err(Error::bad_request(format!(
-            "text must be 1-{MAX_TEXT_BYTES} bytes"
+            "text must be 1-{MAX_TEXT_CHARS} characters"
         )));
+    }
+    if !relaydesk_shared::input::body_within_limit(&serde_json::json!({ "text": text })) {
+        return Err(Error::client(
+            relaydesk_shared::ErrorCode::TooLarge,
+            "the blast's message is over the message size limit",
+        ));
     }
     segment.validate()?;
     let (tenant_name, st) = {

@@ -927,7 +927,7 @@ pub async fn tag(
     if add
         .iter()
         .chain(remove)
-        .any(|t| t.trim().is_empty() || t.len() > 64)
+        .any(|t| t.trim().is_empty() || t.chars().count() > 64)
     {
         return Err(Error::bad_request("tags must be 1-64 characters"));
     }
@@ -945,7 +945,8 @@ pub async fn tag(
         .await?
         .get(0);
     if tags.len() > 100 {
-        return Err(Error::bad_request("at most 100 tags"));
+        // What the conversation already holds decides: a conflict, not a bad request.
+        return Err(conflict("a conversation holds at most 100 tags"));
     }
     tx.commit().await?;
     drop(client);

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::services::{self, run_child, send_signal};
-use crate::up::{edge_command, target_dir, Procs};
+use crate::up::{core_command, edge_command, target_dir, Procs};
 use crate::{cargo, check_interrupted, step};
 
 /// Where Debian puts Chromium.
@@ -75,14 +75,15 @@ pub async fn run(root: &Path, database_url: &str, redis_url: &str, keys: &Path) 
         .collect();
 
     let mut procs = Procs::default();
-    let mut core = Command::new(&core_bin);
-    core.env("CORE_ADDR", format!("127.0.0.1:{core_port}"))
-        .env("DATABASE_URL", database_url)
-        .env("REDIS_URL", redis_url)
-        .env("REDIS_PREFIX", "rd")
-        .env("TOKEN_SIGNING_KEY_FILE", keys.join("signing.pem"))
-        .env("OPERATOR_TOKEN", &operator)
-        .env("EDGE_URLS", edge_ws.join(" "))
+    let mut core = core_command(
+        &core_bin,
+        core_port,
+        database_url,
+        redis_url,
+        keys,
+        &operator,
+    );
+    core.env("EDGE_URLS", edge_ws.join(" "))
         .env("RUST_LOG", "info");
     procs.spawn("e2e-core-api", core, &logs, core_port)?;
     for (i, port) in edge_ports.iter().enumerate() {

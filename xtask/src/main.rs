@@ -1,6 +1,7 @@
 //! Relaydesk developer commands, run as `cargo xtask <command>`.
 //!
-//! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances.
+//! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances,
+//!   then the browser tests and Schemathesis over the HTTP API.
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
 //! - `restart-edges`: a rolling restart of the edges `up --detach` started.
@@ -26,6 +27,7 @@ mod bench_core;
 mod bench_fanout;
 mod bench_scale;
 mod e2e;
+mod schemathesis;
 mod services;
 mod test;
 mod up;
@@ -42,15 +44,21 @@ enum Command {
     /// Run fmt, clippy and the workspace tests against private PostgreSQL and Redis instances.
     ///
     /// Arguments after `--` are passed to the test runner (`cargo nextest run --workspace` when
-    /// cargo-nextest is installed, `cargo test --workspace` otherwise). The browser tests of
-    /// the console and the widget run after a full suite (not after a filtered one).
+    /// cargo-nextest is installed, `cargo test --workspace` otherwise), or with
+    /// `--schema-only` to Schemathesis. The browser tests of the console and the widget,
+    /// then Schemathesis over the HTTP API, run after a full suite (not after a filtered
+    /// one).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
         /// Run only the browser tests (headless Chromium), not the workspace tests.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "schema_only")]
         browser_only: bool,
+        /// Run only Schemathesis over the HTTP API (every credential kind), not the
+        /// workspace tests.
+        #[arg(long)]
+        schema_only: bool,
         /// Extra arguments for the test runner.
         #[arg(last = true)]
         args: Vec<String>,
@@ -177,8 +185,16 @@ fn main() -> ExitCode {
             Command::Test {
                 no_lint,
                 browser_only,
+                schema_only,
                 args,
-            } => test::run(&root, no_lint, browser_only, &args).await,
+            } => {
+                let only = match (browser_only, schema_only) {
+                    (true, _) => test::Only::Browser,
+                    (_, true) => test::Only::Schema,
+                    _ => test::Only::All,
+                };
+                test::run(&root, no_lint, only, &args).await
+            }
             Command::Up { detach, edges } => up::up(&root, detach, edges).await,
             Command::Down => up::down(&root).map(|()| 0),
             Command::RestartEdges { pause } => {

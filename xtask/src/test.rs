@@ -1,7 +1,8 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
 //! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
 //! never share instances; always stopped at the end, removed when the tests pass), then
-//! the browser tests of the console and the widget (`e2e`) on the same instances.
+//! the browser tests of the console and the widget (`e2e`) and Schemathesis over the HTTP
+//! API (`schemathesis`) on the same instances.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use crate::services::{self, exit_code, run_child, PgMode, Postgres, Redis};
 use crate::{cargo, check_interrupted, rel, step};
 
 /// Returns the exit code of the first failing step, else the test runner's.
-pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String]) -> Result<u8> {
+pub async fn run(root: &Path, no_lint: bool, only: Only, extra: &[String]) -> Result<u8> {
     let inst = services::ensure_installed()?;
     check_interrupted()?;
 
@@ -73,7 +74,7 @@ pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String
     };
     args.extend(extra.iter().map(String::as_str));
     check_interrupted()?;
-    let status = if browser_only {
+    let status = if only != Only::All {
         std::process::ExitStatus::default()
     } else {
         step(format!("running cargo {}", args.join(" ")));
@@ -93,18 +94,24 @@ pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String
         .await?
     };
 
-    // The browser tests need the suite's services; they run once the suite has passed.
-    let browser = browser_only || extra.is_empty();
-    let status = if browser && status.success() && crate::interrupted().is_none() {
-        let app_url = pg.url("relaydesk_app", "relaydesk");
-        match crate::e2e::run(root, &app_url, &redis.url(), &keys).await {
-            Ok(true) => status,
-            Ok(false) => failed_status(),
-            Err(e) => {
-                eprintln!("xtask: browser tests: {e:#}");
-                failed_status()
-            }
-        }
+    // The browser and schema tests need the suite's services; they run once the suite
+    // has passed, after a full suite (not after a filtered one), or alone.
+    let full = only == Only::All && extra.is_empty();
+    let (app_url, redis_url) = (pg.url("relaydesk_app", "relaydesk"), redis.url());
+    let status = if (full || only == Only::Browser) && status.success() {
+        stage(
+            "browser tests",
+            crate::e2e::run(root, &app_url, &redis_url, &keys),
+        )
+        .await
+    } else {
+        status
+    };
+    let status = if (full || only == Only::Schema) && status.success() {
+        // Alone, the arguments after `--` are Schemathesis's.
+        let args = if only == Only::Schema { extra } else { &[] };
+        let schema = crate::schemathesis::run(root, &app_url, &redis_url, &keys, args);
+        stage("schema tests", schema).await
     } else {
         status
     };
@@ -128,6 +135,35 @@ pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String
         eprintln!("xtask: {why}; service logs are in {}", rel(root, &base));
     }
     Ok(exit_code(status))
+}
+
+/// Which part of the tests to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// The workspace tests, then (unless filtered) the browser and schema stages.
+    All,
+    /// Just the browser tests.
+    Browser,
+    /// Just Schemathesis over the HTTP API.
+    Schema,
+}
+
+/// Runs a stage after the workspace tests unless interrupted; its outcome as a status.
+async fn stage(
+    what: &str,
+    run: impl std::future::Future<Output = Result<bool>>,
+) -> std::process::ExitStatus {
+    if crate::interrupted().is_some() {
+        return failed_status();
+    }
+    match run.await {
+        Ok(true) => std::process::ExitStatus::default(),
+        Ok(false) => failed_status(),
+        Err(e) => {
+            eprintln!("xtask: {what}: {e:#}");
+            failed_status()
+        }
+    }
 }
 
 /// An exit status that is a failure (exit code 1).

@@ -113,15 +113,15 @@ pub async fn up(root: &Path, detach: bool, edges: usize) -> Result<u8> {
     let logs = dev.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut procs = Procs::default();
-    let mut core = Command::new(&core_bin);
-    core.env("CORE_ADDR", format!("127.0.0.1:{core_port}"))
-        .env("DATABASE_URL", &database_url)
-        .env("REDIS_URL", &redis_url)
-        .env("REDIS_PREFIX", REDIS_PREFIX)
-        .env("INGRESS_SHARDS", INGRESS_SHARDS)
-        .env("TOKEN_SIGNING_KEY_FILE", keys.join("signing.pem"))
-        .env("OPERATOR_TOKEN", &operator_token)
-        .env("EDGE_URLS", &edge_urls);
+    let mut core = core_command(
+        &core_bin,
+        core_port,
+        &database_url,
+        &redis_url,
+        &keys,
+        &operator_token,
+    );
+    core.env("EDGE_URLS", &edge_urls);
     procs.spawn("core-api", core, &logs, core_port)?;
     for (i, port) in edge_ports.iter().enumerate() {
         let edge = edge_command(&edge_bin, *port, &redis_url, &keys);
@@ -311,6 +311,26 @@ pub(crate) fn edge_number(name: &str) -> usize {
 
 /// How long a restarted edge may take to drain and exit before it is killed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The core-api `up` (and the browser and schema stages of `test`) start on `port`.
+pub(crate) fn core_command(
+    core_bin: &Path,
+    port: u16,
+    database_url: &str,
+    redis_url: &str,
+    keys: &Path,
+    operator_token: &str,
+) -> Command {
+    let mut core = Command::new(core_bin);
+    core.env("CORE_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", redis_url)
+        .env("REDIS_PREFIX", REDIS_PREFIX)
+        .env("INGRESS_SHARDS", INGRESS_SHARDS)
+        .env("TOKEN_SIGNING_KEY_FILE", keys.join("signing.pem"))
+        .env("OPERATOR_TOKEN", operator_token);
+    core
+}
 
 /// The edge `up` starts on `port` (and `restart-edges` starts again).
 pub(crate) fn edge_command(edge_bin: &Path, port: u16, redis_url: &str, keys: &Path) -> Command {

@@ -30,6 +30,7 @@ use crate::{lifecycle, throttle, AppState};
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewTenant {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
 }
 
@@ -44,10 +45,10 @@ pub async fn create_tenant(
     if caller != Caller::Operator {
         return Err(Error::forbidden("needs the operator token"));
     }
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 200 {
+    if !super::valid_name(&req.name) {
         return Err(Error::bad_request("name must be 1-200 characters"));
     }
+    let name = req.name.trim();
     let id = Uuid::new_v4();
     let site_key = auth::new_site_key(id);
     let identity_secret = auth::random_hex(32);
@@ -83,14 +84,20 @@ pub async fn create_tenant(
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewAgent {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(pattern = "@")]
     email: String,
+    #[schema(min_length = 8)]
     password: String,
     #[serde(default = "default_role")]
+    #[schema(schema_with = super::openapi::role_schema)]
     role: String,
     #[serde(default = "default_kind")]
+    #[schema(schema_with = super::openapi::kind_schema)]
     kind: String,
     #[serde(default = "default_max")]
+    #[schema(minimum = 0, maximum = 1000)]
     max_concurrent: i32,
 }
 
@@ -133,7 +140,8 @@ pub async fn create_agent(
     if !matches!(req.kind.as_str(), "human" | "bot") {
         return Err(Error::bad_request("kind must be human or bot"));
     }
-    if req.name.trim().is_empty() || !req.email.contains('@') || req.password.len() < 8 {
+    if !super::valid_name(&req.name) || !req.email.contains('@') || req.password.chars().count() < 8
+    {
         return Err(Error::bad_request(
             "name, a valid email and a password of at least 8 characters are required",
         ));
@@ -248,6 +256,7 @@ fn version_of(row: &tokio_postgres::Row, idx: usize) -> u32 {
 
 #[derive(Deserialize, ToSchema)]
 pub struct Status {
+    #[schema(schema_with = super::openapi::status_schema)]
     status: String,
 }
 
@@ -295,12 +304,15 @@ pub async fn set_status(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AgentPage {
     /// 1-200, default 100.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     limit: Option<i64>,
     /// The last agent id of the previous page.
     #[serde(default)]
+    #[param(nullable = false)]
     cursor: Option<Uuid>,
 }
 
@@ -353,11 +365,13 @@ pub async fn list_agents(
 #[derive(Deserialize, ToSchema)]
 pub struct AgentUpdate {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<String>,
-    /// agent, supervisor or admin.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::role_or_null_schema)]
     role: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
     max_concurrent: Option<i32>,
 }
 
@@ -386,10 +400,10 @@ pub async fn update_agent(
     if req.max_concurrent.is_some_and(|m| !(0..=1000).contains(&m)) {
         return Err(Error::bad_request("max_concurrent must be 0-1000"));
     }
-    let name = req.name.as_deref().map(str::trim);
-    if name.is_some_and(|n| n.is_empty() || n.len() > 200) {
+    if req.name.as_deref().is_some_and(|n| !super::valid_name(n)) {
         return Err(Error::bad_request("name must be 1-200 characters"));
     }
+    let name = req.name.as_deref().map(str::trim);
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     let old: String = tx
@@ -438,7 +452,7 @@ pub struct ConnectTokenRequest {
 }
 
 /// `POST /v1/connect-tokens`: a connection token for the edge.
-#[utoipa::path(post, path = "/v1/connect-tokens", request_body(content = ConnectTokenRequest, description = "optional"), security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/connect-tokens", request_body(content = Option<ConnectTokenRequest>, description = "optional"), security(("bearer" = [])),
     responses((status = 200, body = ConnectToken), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn connect_token(
     State(state): State<Arc<AppState>>,
@@ -791,6 +805,7 @@ pub struct PasswordChange {
     #[serde(default)]
     current: Option<String>,
     /// At least 8 characters.
+    #[schema(min_length = 8)]
     new: String,
 }
 
@@ -809,7 +824,7 @@ pub async fn set_password(
         Caller::Agent { tenant, id: me, .. } if me == id => (tenant, true),
         _ => (caller.tenant_admin()?, false),
     };
-    if req.new.len() < 8 {
+    if req.new.chars().count() < 8 {
         return Err(Error::bad_request(
             "the new password must have at least 8 characters",
         ));

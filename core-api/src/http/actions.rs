@@ -83,6 +83,7 @@ pub async fn assign(
 pub struct TransferRequest {
     agent_id: Uuid,
     #[serde(default)]
+    #[schema(max_length = 500)]
     reason: Option<String>,
 }
 
@@ -107,6 +108,7 @@ pub struct EscalateRequest {
     /// Target support type; the current one's escalation target when absent.
     #[serde(default)]
     support_type: Option<String>,
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     reason: String,
 }
 
@@ -131,13 +133,14 @@ pub async fn escalate(
 #[derive(Deserialize, ToSchema, Default)]
 pub struct HandoffRequest {
     #[serde(default)]
+    #[schema(max_length = 500)]
     reason: Option<String>,
 }
 
 /// `POST /v1/conversations/{id}/handoff` (the bot holding it): reassigned to humans (or
 /// queued); the bot's later sends to it are refused `forbidden`. `409` when it is not
 /// assigned.
-#[utoipa::path(post, path = "/v1/conversations/{id}/handoff", request_body(content = HandoffRequest, description = "optional"), security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/conversations/{id}/handoff", request_body(content = Option<HandoffRequest>, description = "optional"), security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "conversation id")),
     responses((status = 200, body = ConversationBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn handoff(
@@ -189,13 +192,15 @@ pub async fn reopen(
 
 #[derive(Deserialize, ToSchema, Default)]
 pub struct SnoozeRequest {
-    /// Unix ms; until the visitor writes when absent.
+    /// Unix ms, in the future and at most 9999-12-31; until the visitor writes when
+    /// absent.
     #[serde(default)]
+    #[schema(maximum = 253_402_300_799_999_i64)]
     until: Option<i64>,
 }
 
 /// `POST /v1/conversations/{id}/snooze`: set aside until the visitor writes again.
-#[utoipa::path(post, path = "/v1/conversations/{id}/snooze", request_body(content = SnoozeRequest, description = "optional"), security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/conversations/{id}/snooze", request_body(content = Option<SnoozeRequest>, description = "optional"), security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "conversation id")),
     responses((status = 200, body = ConversationBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn snooze(
@@ -242,13 +247,14 @@ pub async fn join(
 
 #[derive(Deserialize, ToSchema)]
 pub struct NoteRequest {
+    #[schema(min_length = 1, max_length = 20000, pattern = r"\S")]
     text: String,
 }
 
 /// `POST /v1/conversations/{id}/notes`: a private note (agents only, never shown to the
 /// visitor). `Idempotency-Key` works as for messages.
 #[utoipa::path(post, path = "/v1/conversations/{id}/notes", request_body = NoteRequest, security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "conversation id"), ("Idempotency-Key" = Option<String>, Header, description = "client id of the note")),
+    params(("id" = Uuid, Path, description = "conversation id"), ("Idempotency-Key" = Option<String>, Header, description = "client id of the note", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 201, body = AcceptedBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn note(
     State(state): State<Arc<AppState>>,
@@ -266,7 +272,7 @@ pub async fn note(
         access::check(&tx, tenant, Action::Note, by, &c.view()).await?;
         return Err(Error::forbidden("notes are written by agents"));
     };
-    if req.text.trim().is_empty() || req.text.len() > 20_000 {
+    if req.text.trim().is_empty() || req.text.chars().count() > 20_000 {
         return Err(Error::bad_request("text must be 1-20000 characters"));
     }
     let key = match headers.get("idempotency-key") {
@@ -295,16 +301,20 @@ pub async fn note(
 
 #[derive(Deserialize, ToSchema)]
 pub struct TagsRequest {
+    /// Each 1-64 characters, not all whitespace; a conversation holds at most 100
+    /// (more: 409).
     #[serde(default)]
+    #[schema(schema_with = super::openapi::tags_schema)]
     add: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = super::openapi::tags_schema)]
     remove: Vec<String>,
 }
 
 /// `POST /v1/conversations/{id}/tags`: add and remove tags; answers the tags now set.
 #[utoipa::path(post, path = "/v1/conversations/{id}/tags", request_body = TagsRequest, security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "conversation id")),
-    responses((status = 200, body = TagsBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = TagsBody), (status = 409, body = ErrorBody, description = "the conversation would hold more than 100 tags"), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn tags(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -319,6 +329,7 @@ pub async fn tags(
 #[derive(Deserialize, ToSchema)]
 pub struct CsatRequest {
     /// 1 (bad) to 5 (great).
+    #[schema(minimum = 1, maximum = 5)]
     score: i32,
     #[serde(default)]
     comment: Option<String>,
@@ -340,22 +351,34 @@ pub async fn csat(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// queued, assigned, resolved or snoozed.
     #[serde(default)]
+    #[param(nullable = false, schema_with = super::openapi::conversation_status_schema)]
     status: Option<String>,
-    /// Only this agent's (`me`: the caller's).
+    /// Only this agent's (`me`: the caller's): an agent id or `me`.
     #[serde(default)]
+    #[param(
+        nullable = false,
+        pattern = "^(me|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
     assignee: Option<String>,
     #[serde(default)]
+    #[param(nullable = false)]
     support_type: Option<String>,
     #[serde(default)]
+    #[param(nullable = false)]
     visitor_id: Option<Uuid>,
     /// 1-200, default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(
+        nullable = false,
+        pattern = "^[0-9]{1,17}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     cursor: Option<String>,
 }
 
@@ -552,7 +575,7 @@ pub async fn assignments(
 
 fn bounded<'a>(s: Option<&'a str>, name: &str, max: usize) -> Result<Option<&'a str>> {
     match s {
-        Some(v) if v.len() > max => Err(Error::bad_request(format!(
+        Some(v) if v.chars().count() > max => Err(Error::bad_request(format!(
             "{name} must be at most {max} characters"
         ))),
         other => Ok(other),

@@ -21,7 +21,9 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 pub struct NewBlast {
     /// The message text (sent as a `text` message).
+    #[schema(min_length = 1, max_length = 16384, pattern = r"\S")]
     text: String,
+    #[schema(schema_with = super::openapi::segment_schema)]
     segment: Segment,
 }
 
@@ -30,7 +32,7 @@ pub struct NewBlast {
 /// At most 50,000 recipients. With an `Idempotency-Key`, a retry is the same blast and
 /// stores nothing twice.
 #[utoipa::path(post, path = "/v1/blasts", request_body = NewBlast, security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "names the blast: a retry completes it, storing nothing twice")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "names the blast: a retry completes it, storing nothing twice", pattern = "^[!-~]([ -~]{0,198}[!-~])?$")),
     responses((status = 201, body = BlastBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<Arc<AppState>>,

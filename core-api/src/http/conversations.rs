@@ -30,12 +30,14 @@ pub struct NewConversation {
     #[serde(default)]
     support_type: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     subject: Option<String>,
     /// Required with the API key: whose conversation it is.
     #[serde(default)]
     visitor_id: Option<Uuid>,
     /// Queue priority (higher first); the support type's when absent.
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     priority: Option<i32>,
 }
 
@@ -48,15 +50,19 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<NewConversation>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let (tenant, visitor) = match (caller, req.visitor_id) {
-        (Caller::Visitor { tenant, id }, _) => (tenant, id),
-        (Caller::ApiKey { tenant }, Some(v)) => (tenant, v),
+    let (tenant, visitor, staff) = match (caller, req.visitor_id) {
+        (Caller::Visitor { tenant, id }, _) => (tenant, id, false),
+        (Caller::ApiKey { tenant }, Some(v)) => (tenant, v, true),
         (Caller::ApiKey { .. }, None) => {
             return Err(Error::bad_request("visitor_id is required with an API key"))
         }
         _ => return Err(Error::forbidden("needs a visitor token or the API key")),
     };
-    if req.subject.as_ref().is_some_and(|s| s.len() > 500) {
+    if req
+        .subject
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > 500)
+    {
         return Err(Error::bad_request("subject must be at most 500 characters"));
     }
     if req.priority.is_some_and(|p| !(-100..=100).contains(&p)) {
@@ -73,9 +79,18 @@ pub async fn create(
     )
     .await?;
     events::publish(&state, &created.changes).await;
+    // As `GET /v1/conversations/{id}` shows it to the same caller.
+    let id = created.conversation["id"]
+        .as_str()
+        .and_then(|id| Uuid::try_parse(id).ok())
+        .ok_or_else(|| Error::Internal("a created conversation without an id".into()))?;
+    let mut client = state.pool.get().await?;
+    let tx = db::tenant_tx(&mut client, tenant).await?;
+    let conversation = conversation_json(&tx, tenant, id, staff).await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "conversation": created.conversation })),
+        Json(json!({ "conversation": conversation })),
     ))
 }
 
@@ -164,17 +179,21 @@ pub(super) async fn conversation_json(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// Messages with a greater seq.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     after: u64,
     /// 1-1000, default 100.
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: i64,
     /// Long-poll: with nothing after `after`, wait up to this many seconds (at most 25)
     /// for a message before answering an empty list. The REST fallback of clients that
     /// cannot hold a WebSocket.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 25)]
     wait: u64,
 }
 
@@ -196,10 +215,21 @@ pub async fn list_messages(
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Value>> {
     let (tenant, who) = reader(caller)?;
-    let limit = page.limit.clamp(1, 1000);
+    if !(1..=1000).contains(&page.limit) {
+        return Err(Error::bad_request("limit must be 1-1000"));
+    }
+    if page.wait > MAX_WAIT.as_secs() {
+        return Err(Error::bad_request(format!(
+            "wait must be at most {} seconds",
+            MAX_WAIT.as_secs()
+        )));
+    }
+    if i64::try_from(page.after).is_err() {
+        return Err(Error::bad_request("after is past the largest seq"));
+    }
+    let limit = page.limit;
     let staff = who.is_none_or(|(_, role)| role.is_staff());
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_secs(page.wait).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(page.wait);
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         let mut client = state.pool.get().await?;
@@ -230,6 +260,7 @@ pub async fn list_messages(
 pub struct PostMessage {
     #[serde(default = "default_kind")]
     kind: String,
+    #[schema(schema_with = super::openapi::message_body_schema)]
     body: Value,
 }
 
@@ -240,7 +271,7 @@ fn default_kind() -> String {
 /// `POST /v1/conversations/{id}/messages` with `Idempotency-Key`: the REST fallback. The
 /// same commit path as the wire `send`; the same key again gets the same answer.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = PostMessage, security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "conversation id"), ("Idempotency-Key" = String, Header, description = "the client message id")),
+    params(("id" = Uuid, Path, description = "conversation id"), ("Idempotency-Key" = String, Header, description = "the client message id", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 201, body = AcceptedBody), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<Arc<AppState>>,

@@ -150,6 +150,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// A name as the API takes it: 1-200 characters, not all whitespace (stored trimmed).
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 200
+}
+
 /// A list's page position, `<µs>_<uuid>`: the ordering timestamp (Unix µs, from 0 to
 /// [`MAX_UNIX_MS`]) and id of the last row of the previous page.
 pub(crate) fn parse_cursor(c: &str) -> Result<(i64, uuid::Uuid), Error> {
@@ -180,8 +185,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     }
 }
 
-/// Like [`ApiJson`], but an empty body means `T::default()`, and any content type is
-/// taken.
+/// Like [`ApiJson`], but an empty body or a JSON `null` means `T::default()`, and any
+/// content type is taken.
 pub struct OptionalJson<T>(pub T);
 
 impl<T: DeserializeOwned + Default> FromRequest<Arc<AppState>> for OptionalJson<T> {
@@ -189,7 +194,8 @@ impl<T: DeserializeOwned + Default> FromRequest<Arc<AppState>> for OptionalJson<
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Error> {
         let body = read_body(req, state).await?;
-        if body.iter().all(u8::is_ascii_whitespace) {
+        let text = body.trim_ascii();
+        if text.is_empty() || text == b"null" {
             return Ok(OptionalJson(T::default()));
         }
         decode(&body).map(OptionalJson)
@@ -251,13 +257,35 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
         })?
 }
 
-/// A body's value: the string rule, a JSON object, then `T`.
+/// A body's value: the string rule, a JSON object, then `T`, where a number with a zero
+/// fraction (`5.0`) counts as the integer it equals, as JSON Schema's `integer` has it.
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     input::check_json_strings(body).map_err(|e| Error::bad_request(e.to_string()))?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Error::bad_request("the body must be a JSON object"));
     }
-    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+    let invalid = |e: serde_json::Error| Error::bad_request(format!("invalid JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    integral_floats_as_integers(&mut value);
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// Rewrites every float with a zero fraction within the range of `i64` as that integer.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // -2^63 and 2^63 are exact in f64: every f64 from one up to the other fits.
+            let min = i64::MIN as f64;
+            if f.fract() == 0.0 && (min..-min).contains(&f) {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 /// Refuses an encoded NUL in a path or query (the decoded string would hold it).

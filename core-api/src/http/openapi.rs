@@ -70,7 +70,7 @@ use super::{accounts, actions, conversations, support};
         support::list_teams,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Bearer, &InputRefusals, &AccessAnswers)
+    modifiers(&Bearer, &InputRefusals, &AccessAnswers, &Unauthenticated)
 )]
 pub struct ApiDoc;
 
@@ -92,30 +92,10 @@ struct InputRefusals;
 
 impl Modify for InputRefusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
-        };
+        let error = error_response;
         for item in openapi.paths.paths.values_mut() {
             let shared_params = item.parameters.as_ref().is_some_and(|p| !p.is_empty());
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for op in operations(item) {
                 let body = op.request_body.is_some();
                 let params = shared_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let responses = &mut op.responses.responses;
@@ -147,18 +127,7 @@ struct AccessAnswers;
 
 impl Modify for AccessAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
-        };
+        let error = error_response;
         for (path, item) in openapi.paths.paths.iter_mut() {
             if !path.starts_with("/v1/conversations/{id}") {
                 continue;
@@ -176,6 +145,192 @@ impl Modify for AccessAnswers {
             }
         }
     }
+}
+
+/// Every operation of a path.
+fn operations(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Gives every operation that takes a credential the extractor's answer to a missing,
+/// malformed, unknown, expired or revoked one (`crate::auth::Caller`): 401.
+struct Unauthenticated;
+
+impl Modify for Unauthenticated {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in operations(item) {
+                if op.security.as_ref().is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                op.responses.responses.entry("401".into()).or_insert_with(|| {
+                    error_response("unauthorized: a missing, malformed, unknown, expired or revoked credential").into()
+                });
+            }
+        }
+    }
+}
+
+/// A response with the error body.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+/// An agent's roles.
+const ROLES: &[&str] = &["agent", "supervisor", "admin"];
+
+/// A string schema that takes one of `values` (for `schema_with`).
+fn one_of(values: &[&str]) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+/// [`one_of`], or `null` (an optional field: `null` counts as absent).
+fn one_of_or_null(values: &[&str]) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let values = values
+        .iter()
+        .map(|v| serde_json::Value::from(*v))
+        .chain([serde_json::Value::Null]);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(values))
+        .build()
+}
+
+/// The enums of request fields, for `schema_with`: an agent's role (or `null` where it
+/// is optional), kind and status, and a support type's routing (or `null`).
+pub(super) fn role_schema() -> utoipa::openapi::schema::Object {
+    one_of(ROLES)
+}
+pub(super) fn role_or_null_schema() -> utoipa::openapi::schema::Object {
+    one_of_or_null(ROLES)
+}
+pub(super) fn kind_schema() -> utoipa::openapi::schema::Object {
+    one_of(&["human", "bot"])
+}
+pub(super) fn status_schema() -> utoipa::openapi::schema::Object {
+    one_of(&["online", "away", "offline"])
+}
+pub(super) fn routing_or_null_schema() -> utoipa::openapi::schema::Object {
+    one_of_or_null(&["round_robin", "capacity"])
+}
+
+/// Resolution reasons: 1-50 keys of `[a-z0-9_-]{1,64}`.
+pub(super) fn reasons_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z0-9_-]{1,64}$")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(50))
+        .build()
+}
+
+/// Tags: each 1-64 characters, not all whitespace.
+pub(super) fn tags_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64))
+                .pattern(Some(r"\S")),
+        )
+        .build()
+}
+
+/// A message's body: an object with a string `text` (and whatever else the client adds).
+pub(super) fn message_body_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("text", ObjectBuilder::new().schema_type(Type::String))
+        .required("text")
+        .build()
+}
+
+/// Webhook events: at least one of `events::hook::ALL`.
+pub(super) fn events_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::ArrayBuilder;
+    ArrayBuilder::new()
+        .items(one_of(crate::events::hook::ALL))
+        .min_items(Some(1))
+        .build()
+}
+
+/// A blast's segment (`blast::Segment`): at least one criterion, `attributes` a
+/// non-empty object, `online` or `all` true.
+pub(super) fn segment_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, SchemaType, Type};
+    let flag = || ObjectBuilder::new().schema_type(Type::Boolean);
+    let shape = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "attributes",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+                .description(Some("visitors whose attributes contain this object")),
+        )
+        .property(
+            "online",
+            flag().description(Some("only visitors connected now")),
+        )
+        .property(
+            "all",
+            flag().description(Some("every visitor (of the other criteria)")),
+        )
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ));
+    let criterion = |name: &str, schema: ObjectBuilder| {
+        ObjectBuilder::new().property(name, schema).required(name)
+    };
+    let criteria = AnyOfBuilder::new()
+        .item(criterion(
+            "attributes",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .min_properties(Some(1)),
+        ))
+        .item(criterion("online", flag().enum_values(Some([true]))))
+        .item(criterion("all", flag().enum_values(Some([true]))));
+    AllOfBuilder::new()
+        .item(shape)
+        .item(criteria)
+        .build()
+        .into()
+}
+
+/// A conversation's status.
+pub(super) fn conversation_status_schema() -> utoipa::openapi::schema::Object {
+    one_of(&["queued", "assigned", "resolved", "snoozed"])
 }
 
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
@@ -654,6 +809,22 @@ mod tests {
             );
         }
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    }
+
+    #[test]
+    fn documents_401_and_puts_query_parameters_in_the_query() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let get = &doc["paths"]["/v1/agents"]["get"];
+        assert!(get["responses"].get("401").is_some(), "{get}");
+        let params = get["parameters"].as_array().unwrap();
+        assert!(!params.is_empty());
+        for p in params {
+            assert_eq!(p["in"], "query", "{p}");
+        }
+        let login = &doc["paths"]["/v1/auth/login"]["post"]["responses"];
+        assert!(login.get("401").is_some(), "{login}");
+        let config = &doc["paths"]["/v1/widget/config"]["get"];
+        assert!(config["responses"].get("401").is_none(), "public: {config}");
     }
 
     #[test]

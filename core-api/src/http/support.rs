@@ -21,14 +21,18 @@ use crate::{lifecycle, AppState};
 pub struct SupportTypeRequest {
     /// `[a-z0-9_-]{1,64}`; taken from the path on update.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     key: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
-    /// round_robin or capacity (default).
+    /// capacity when absent.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::routing_or_null_schema)]
     routing: Option<String>,
     #[serde(default)]
     prefer_previous_agent: Option<bool>,
     #[serde(default)]
+    #[schema(schema_with = super::openapi::reasons_schema)]
     resolution_reasons: Option<Vec<String>>,
     /// Eligible agents; with `teams` absent too, every human agent of the tenant.
     #[serde(default)]
@@ -37,11 +41,13 @@ pub struct SupportTypeRequest {
     teams: Option<Vec<Uuid>>,
     /// Queue priority of its conversations (higher first).
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     priority: Option<i32>,
     #[serde(default)]
     tier: Option<i32>,
     /// A visitor's message reopens a resolved conversation within this window.
     #[serde(default)]
+    #[schema(minimum = 0)]
     reopen_window_secs: Option<i32>,
     /// Where `escalate` sends its conversations by default.
     #[serde(default)]
@@ -151,10 +157,10 @@ async fn save(
             "key must be 1-64 characters of [a-z0-9_-]",
         ));
     }
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 200 {
+    if !super::valid_name(&req.name) {
         return Err(Error::bad_request("name must be 1-200 characters"));
     }
+    let name = req.name.trim();
     if let Some(r) = &req.routing {
         if crate::routing::Strategy::parse(r).is_none() {
             return Err(Error::bad_request(
@@ -253,7 +259,8 @@ async fn save(
         unique.sort();
         unique.dedup();
         if known != unique.len() as i64 {
-            return Err(Error::not_found("agent"));
+            // The support type exists: a 404 would say it does not.
+            return Err(Error::bad_request("agents must be agents of the tenant"));
         }
         tx.execute(
             "DELETE FROM support_type_agents WHERE tenant_id = $1 AND support_type = $2",
@@ -279,7 +286,7 @@ async fn save(
             .await?
             .get(0);
         if known != unique.len() as i64 {
-            return Err(Error::not_found("team"));
+            return Err(Error::bad_request("teams must be teams of the tenant"));
         }
         tx.execute(
             "DELETE FROM support_type_teams WHERE tenant_id = $1 AND support_type = $2",
@@ -307,6 +314,7 @@ async fn save(
 
 #[derive(Deserialize, ToSchema)]
 pub struct TeamRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     #[serde(default)]
     members: Vec<Uuid>,
@@ -321,10 +329,10 @@ pub async fn create_team(
     ApiJson(req): ApiJson<TeamRequest>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let tenant = caller.tenant_admin()?;
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 200 {
+    if !super::valid_name(&req.name) {
         return Err(Error::bad_request("name must be 1-200 characters"));
     }
+    let name = req.name.trim();
     let id = Uuid::new_v4();
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
@@ -405,7 +413,8 @@ async fn set_members(
         )
         .await?;
     if inserted != unique.len() as u64 {
-        return Err(Error::not_found("agent"));
+        // The team exists: a 404 would say it does not.
+        return Err(Error::bad_request("members must be agents of the tenant"));
     }
     Ok(unique)
 }

@@ -70,10 +70,13 @@ fn length_between(v: Option<&str>, name: &str, min: usize, max: usize) -> Result
 
 #[derive(Deserialize, ToSchema)]
 pub struct PageViewRequest {
+    #[schema(min_length = 1, max_length = 2048)]
     url: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     title: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 2048)]
     referrer: Option<String>,
 }
 
@@ -240,16 +243,23 @@ pub async fn get(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VisitorQuery {
     /// `true`: only visitors with a live connection (a page may then hold fewer than
     /// `limit` even when more follow: keep paging while `next_cursor` is set).
     #[serde(default)]
+    #[param(nullable = false)]
     online: bool,
     /// 1-200, default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(
+        nullable = false,
+        pattern = "^[0-9]{1,17}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     cursor: Option<String>,
 }
 

@@ -79,10 +79,18 @@ pub async fn widget() -> Response {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SiteKey {
     /// The tenant's public site key.
     #[serde(default)]
     site_key: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WidgetConfigQuery {
+    /// The tenant's public site key.
+    site_key: String,
 }
 
 /// `/demo?site_key=…`: a product page with the tenant's widget on it.
@@ -106,15 +114,13 @@ pub async fn demo(ApiQuery(q): ApiQuery<SiteKey>) -> Response {
 
 /// `GET /v1/widget/config?site_key=` (public): what the widget shows before a visitor
 /// writes — the tenant's name and whether agents are online now.
-#[utoipa::path(get, path = "/v1/widget/config", params(SiteKey),
+#[utoipa::path(get, path = "/v1/widget/config", params(WidgetConfigQuery),
     responses((status = 200, body = WidgetConfig), (status = 404, body = ErrorBody)))]
 pub async fn widget_config(
     State(state): State<Arc<AppState>>,
-    ApiQuery(q): ApiQuery<SiteKey>,
+    ApiQuery(q): ApiQuery<WidgetConfigQuery>,
 ) -> Result<Json<Value>> {
-    let key = q
-        .site_key
-        .ok_or_else(|| Error::bad_request("site_key is required"))?;
+    let key = q.site_key;
     let tenant = auth::site_key_tenant(&key).ok_or_else(|| Error::not_found("site key"))?;
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;

@@ -27,16 +27,19 @@ pub const MAX_URL_LEN: usize = 2048;
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateWebhook {
-    /// Where events are POSTed: an `http` or `https` URL.
+    /// Where events are POSTed: an `http` or `https` URL whose host is public (a name
+    /// is resolved at creation).
+    #[schema(max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]")]
     url: String,
     /// The events to send, e.g. `conversation.created`, `message.created`.
+    #[schema(schema_with = super::openapi::events_schema)]
     events: Vec<String>,
 }
 
 /// The URL, checked: absolute, `http` or `https`, with a host that is not a literal
 /// non-public address (unless `allow_private`; names are resolved by [`create`]).
 fn valid_url(url: &str, allow_private: bool) -> Result<reqwest::Url> {
-    if url.len() > MAX_URL_LEN {
+    if url.chars().count() > MAX_URL_LEN {
         return Err(Error::bad_request(format!(
             "url must be at most {MAX_URL_LEN} characters"
         )));
@@ -198,9 +201,11 @@ pub async fn delete(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// 1-200, default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     limit: Option<i64>,
 }
 
