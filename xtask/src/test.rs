@@ -1,7 +1,8 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
 //! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
 //! never share instances; always stopped at the end, removed when the tests pass), then
-//! the browser tests of the console and the widget (`e2e`) on the same instances.
+//! the RFC 6455 conformance run of an edge in echo mode (`conformance`) and the browser
+//! tests of the console and the widget (`e2e`) on the same instances.
 
 use std::path::Path;
 
@@ -93,7 +94,24 @@ pub async fn run(root: &Path, no_lint: bool, browser_only: bool, extra: &[String
         .await?
     };
 
-    // The browser tests need the suite's services; they run once the suite has passed.
+    // The conformance run and the browser tests need the suite's services; they run once
+    // a full suite has passed.
+    let status = if !browser_only
+        && extra.is_empty()
+        && status.success()
+        && crate::interrupted().is_none()
+    {
+        match crate::conformance::run(root, &redis.url(), &keys).await {
+            Ok(true) => status,
+            Ok(false) => failed_status(),
+            Err(e) => {
+                eprintln!("xtask: conformance: {e:#}");
+                failed_status()
+            }
+        }
+    } else {
+        status
+    };
     let browser = browser_only || extra.is_empty();
     let status = if browser && status.success() && crate::interrupted().is_none() {
         let app_url = pg.url("relaydesk_app", "relaydesk");
