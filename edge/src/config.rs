@@ -52,6 +52,10 @@ pub struct Config {
     /// `send` frames per second of one tenant on this edge (env `TENANT_MSGS_PER_SEC`,
     /// default 20000).
     pub tenant_msgs_per_sec: u32,
+    /// The path of the echo route (env `EDGE_ECHO_PATH`, default none: off): a
+    /// WebSocket there gets every message back, with no `hello` (`crate::echo`), for
+    /// conformance runs. Never set it in production.
+    pub echo_path: Option<String>,
 }
 
 /// Why the environment does not describe a valid configuration.
@@ -101,6 +105,7 @@ impl Config {
             tenant_max_connections: 19_000,
             conn_msgs_per_sec: 200,
             tenant_msgs_per_sec: 20_000,
+            echo_path: None,
         }
     }
 
@@ -184,6 +189,16 @@ impl Config {
         c.upgrades_per_sec = rate("UPGRADES_PER_SEC", c.upgrades_per_sec)?;
         c.conn_msgs_per_sec = rate("CONN_MSGS_PER_SEC", c.conn_msgs_per_sec)?;
         c.tenant_msgs_per_sec = rate("TENANT_MSGS_PER_SEC", c.tenant_msgs_per_sec)?;
+        if let Some(p) = get("EDGE_ECHO_PATH") {
+            if !p.starts_with('/') || crate::http::ROUTES.contains(&p.as_str()) {
+                return Err(invalid(
+                    "EDGE_ECHO_PATH",
+                    &p,
+                    "must be a path (starting with '/') other than the edge's routes",
+                ));
+            }
+            c.echo_path = Some(p);
+        }
         Ok(c)
     }
 }
@@ -246,6 +261,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.frame_timeout, Duration::from_millis(10_000));
         assert!(c.edge_id.starts_with("e-") && c.edge_id.len() == 14);
+        assert_eq!(c.echo_path, None);
         assert!(matches!(
             Config::from_lookup(lookup(&[])),
             Err(ConfigError::Missing("REDIS_URL"))
@@ -254,6 +270,22 @@ mod tests {
             Config::from_lookup(lookup(&[("REDIS_URL", "redis://x")])),
             Err(ConfigError::MissingKey)
         ));
+    }
+
+    #[test]
+    fn the_echo_route_is_a_path_of_its_own() {
+        let with = |path| {
+            Config::from_lookup(lookup(&[
+                ("REDIS_URL", "redis://x"),
+                ("TOKEN_PUBLIC_KEY", "PEM"),
+                ("EDGE_ECHO_PATH", path),
+            ]))
+        };
+        assert_eq!(with("/echo").unwrap().echo_path.as_deref(), Some("/echo"));
+        for bad in ["echo", "/v1/ws", "/healthz"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("EDGE_ECHO_PATH"), "{e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP routes of an edge: `GET /v1/ws` (WebSocket upgrade, handing the socket to a
-//! session task), `GET /healthz`, `GET /readyz` (Redis reachable and not draining) and
-//! `GET /metrics` (Prometheus text).
+//! session task), `GET /healthz`, `GET /readyz` (Redis reachable and not draining),
+//! `GET /metrics` (Prometheus text), and in echo mode only (`EDGE_ECHO_PATH`) the echo
+//! route's upgrade ([`crate::echo`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +20,16 @@ use crate::Ctx;
 
 pub type Body = Full<Bytes>;
 
+/// The fixed routes (the echo route, when on, is none of them).
+pub const ROUTES: [&str; 4] = ["/v1/ws", "/healthz", "/readyz", "/metrics"];
+
+/// Which task serves an upgraded WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    Session,
+    Echo,
+}
+
 /// Answers one HTTP request.
 pub(crate) async fn handle(
     ctx: Arc<Ctx>,
@@ -27,8 +38,10 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let get = req.method() == Method::GET;
+    let echo = ctx.config.echo_path.as_deref() == Some(path);
     Ok(match path {
-        "/v1/ws" if get => upgrade(ctx, permit, req),
+        "/v1/ws" if get => upgrade(ctx, permit, req, Serve::Session),
+        _ if echo && get => upgrade(ctx, permit, req, Serve::Echo),
         "/healthz" if get => text(StatusCode::OK, "ok"),
         "/readyz" if get => {
             if ready(&ctx).await {
@@ -51,7 +64,7 @@ pub(crate) async fn handle(
                 "metrics recorder unavailable",
             ),
         },
-        "/v1/ws" | "/healthz" | "/readyz" | "/metrics" => {
+        _ if echo || ROUTES.contains(&path) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
@@ -73,6 +86,7 @@ fn upgrade(
     ctx: Arc<Ctx>,
     permit: Arc<crate::accept::Admission>,
     mut req: Request<Incoming>,
+    serve: Serve,
 ) -> Response<Body> {
     if ctx.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining");
@@ -126,7 +140,12 @@ fn upgrade(
         {
             Ok(parts) => {
                 let io = parts.io.into_inner();
-                crate::session::spawn_session(ctx, io, parts.read_buf, origin, permit)
+                match serve {
+                    Serve::Session => {
+                        crate::session::spawn_session(ctx, io, parts.read_buf, origin, permit)
+                    }
+                    Serve::Echo => crate::echo::spawn_echo(ctx, io, parts.read_buf, permit),
+                }
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }

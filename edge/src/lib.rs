@@ -7,7 +7,8 @@
 //! [`egress`] (XREAD of this edge's stream, dispatch) → [`hub`] (local subscriptions,
 //! per-connection ordering) → [`writer`] (bounded outbound queue, coalesced socket
 //! writes, edge-wide heartbeats). [`registry`] keeps this edge's registry entries fresh;
-//! [`revoked`] knows which agent credentials core-api revoked.
+//! [`revoked`] knows which agent credentials core-api revoked. [`echo`] is the
+//! off-by-default echo route for conformance runs, over the same reader and writer.
 //!
 //! [`run`] wires them together and drains on shutdown: `/readyz` fails, no new
 //! connections are accepted, and every WebSocket is closed with 1012, spread over the
@@ -15,6 +16,7 @@
 
 pub mod accept;
 pub mod config;
+pub mod echo;
 pub mod egress;
 pub mod error;
 pub mod http;

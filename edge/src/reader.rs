@@ -1,5 +1,8 @@
 //! The read side of one connection: WebSocket frames (RFC 6455) parsed from the raw
-//! socket into whole text messages, bounded in total size across continuation frames.
+//! socket into whole messages, bounded in total size across continuation frames. Text is
+//! checked as UTF-8 as it arrives, so a message fails at its first invalid byte, even in
+//! the middle of a frame; binary messages are refused unless the reader was made for
+//! echo mode (the protocol speaks text only).
 //!
 //! fastwebsockets performs the upgrade handshake; framing is read here because an idle
 //! socket must hold no read buffer (fastwebsockets keeps 8 KiB per connection). The
@@ -164,19 +167,94 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     }))
 }
 
+/// A whole message read from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The payload, unmasked; valid UTF-8 unless `binary`.
+    pub payload: Vec<u8>,
+    /// A binary message (only from a reader that accepts them).
+    pub binary: bool,
+}
+
+/// The end of a text message's bytes checked so far that begins a UTF-8 sequence the
+/// next bytes must complete (at most 3 bytes, none of them 0, so 0 marks a free place),
+/// so that text is checked as it arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Utf8Tail([u8; 3]);
+
+impl Utf8Tail {
+    fn len(&self) -> usize {
+        self.0.iter().take_while(|&&b| b != 0).count()
+    }
+
+    /// Checks `data`, the next bytes of the message: `Err` at the first byte that no
+    /// valid UTF-8 text can have there.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        let n = self.len();
+        if n > 0 {
+            // The sequence's length, from its first byte (one that `from_utf8` left
+            // incomplete, so 0xC2..=0xF4).
+            let width = match self.0[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - n).min(data.len());
+            let mut seq = [0u8; 4];
+            seq[..n].copy_from_slice(&self.0[..n]);
+            seq[n..n + take].copy_from_slice(&data[..take]);
+            match std::str::from_utf8(&seq[..n + take]) {
+                Ok(_) => *self = Utf8Tail::default(),
+                Err(e) if e.error_len().is_none() => {
+                    // Still incomplete, and `data` is all taken.
+                    self.0[..n + take].copy_from_slice(&seq[..n + take]);
+                    return Ok(());
+                }
+                Err(_) => return Err(FrameError::TextUtf8),
+            }
+            data = &data[take..];
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let rest = &data[e.valid_up_to()..];
+                self.0[..rest.len()].copy_from_slice(rest);
+                Ok(())
+            }
+            Err(_) => Err(FrameError::TextUtf8),
+        }
+    }
+}
+
+/// A message being assembled from continuation frames. Boxed in [`Reader`]: fragmented
+/// messages are rare (clients send each message in one frame) and every connection's
+/// state stays small.
+#[derive(Debug)]
+struct Partial {
+    payload: Vec<u8>,
+    binary: bool,
+}
+
 /// The read state of one connection.
 #[derive(Debug)]
 pub struct Reader {
     /// Bytes read but not yet consumed; `None` whenever everything read was consumed.
     input: Option<BytesMut>,
     /// The message being assembled from continuation frames.
-    partial: Option<Vec<u8>>,
+    partial: Option<Box<Partial>>,
     /// Since when `input` has held an unfinished frame or `partial` a message, in ms on
     /// [`crate::writer::clock_ms`] (truncated to 32 bits, never 0); 0 while the reader
     /// holds nothing unfinished. 32-bit fields keep every connection's state small.
     since: u32,
     /// Largest whole message, in bytes.
     max: u32,
+    /// Payload bytes of the frame at the front of `input` already unmasked in place (and
+    /// checked, in a text message), while that frame is incomplete.
+    scanned: u32,
+    /// The unfinished UTF-8 sequence at the end of the text checked so far.
+    utf8: Utf8Tail,
+    /// Binary messages are taken (echo mode only).
+    binary: bool,
 }
 
 /// [`crate::writer::clock_ms`] truncated to 32 bits (it wraps after 49 days: only
@@ -186,9 +264,9 @@ fn clock32() -> u32 {
 }
 
 impl Reader {
-    /// A reader of messages up to `max` bytes; `early` is what the HTTP layer read past
-    /// the upgrade request, if anything.
-    pub fn new(max: usize, early: Bytes) -> Self {
+    /// A reader of messages up to `max` bytes, text only unless `binary`; `early` is what
+    /// the HTTP layer read past the upgrade request, if anything.
+    pub fn new(max: usize, binary: bool, early: Bytes) -> Self {
         let input = (!early.is_empty()).then(|| {
             let mut b = pooled();
             b.extend_from_slice(&early);
@@ -199,6 +277,9 @@ impl Reader {
             partial: None,
             since: 0,
             max: u32::try_from(max).unwrap_or(u32::MAX),
+            scanned: 0,
+            utf8: Utf8Tail::default(),
+            binary,
         }
     }
 
@@ -216,6 +297,8 @@ impl Reader {
     pub fn discard(&mut self, io: &TcpStream, budget: &mut usize) -> Discard {
         self.partial = None;
         self.since = 0;
+        self.scanned = 0;
+        self.utf8 = Utf8Tail::default();
         let mut buf = self.input.take().unwrap_or_else(pooled);
         let end = loop {
             *budget = budget.saturating_sub(buf.len());
@@ -235,9 +318,9 @@ impl Reader {
         end
     }
 
-    /// The next complete text message, reading from `io` as needed; `Ok(None)` when
-    /// the socket has nothing more for now (wait for it to be readable).
-    pub fn next(&mut self, io: &TcpStream, out: &Outbound) -> Result<Option<Vec<u8>>, End> {
+    /// The next complete message, reading from `io` as needed; `Ok(None)` when the
+    /// socket has nothing more for now (wait for it to be readable).
+    pub fn next(&mut self, io: &TcpStream, out: &Outbound) -> Result<Option<Message>, End> {
         loop {
             if let Some(msg) = self.parse(out)? {
                 return Ok(Some(msg));
@@ -266,59 +349,91 @@ impl Reader {
         }
     }
 
-    /// Consumes complete frames from the input; returns the first complete message.
-    fn parse(&mut self, out: &Outbound) -> Result<Option<Vec<u8>>, End> {
+    /// Consumes complete frames from the input; returns the first complete message. An
+    /// incomplete frame is unmasked in place as far as it arrived and, in a text message,
+    /// checked as UTF-8, so that invalid text fails before its frame is whole.
+    fn parse(&mut self, out: &Outbound) -> Result<Option<Message>, End> {
         loop {
             let Some(buf) = self.input.as_mut() else {
                 return Ok(None);
             };
-            let assembled = self.partial.as_ref().map_or(0, Vec::len);
+            let assembled = self.partial.as_ref().map_or(0, |p| p.payload.len());
             let max = usize::try_from(self.max).unwrap_or(usize::MAX);
             let Some(h) = parse_header(buf, max.saturating_sub(assembled))? else {
                 return Ok(None);
             };
-            if buf.len() < h.size + h.len {
+            // Whether the frame carries text, known from its header: a frame out of the
+            // message sequence fails before its payload arrives.
+            let text = match h.opcode {
+                0x1 | 0x2 if self.partial.is_some() => return Err(FrameError::Interleaved.into()),
+                0x0 if self.partial.is_none() => return Err(FrameError::StrayContinuation.into()),
+                0x2 if !self.binary => return Err(FrameError::Binary.into()),
+                0x0 => self.partial.as_ref().is_some_and(|p| !p.binary),
+                op => op == 0x1,
+            };
+            let scanned = self.scanned as usize;
+            let have = (buf.len() - h.size).min(h.len);
+            if have > scanned {
+                let new = &mut buf[h.size + scanned..h.size + have];
+                unmask_at(new, h.mask, scanned);
+                if text {
+                    self.utf8.feed(new)?;
+                }
+                // At most the frame's length, which the limit (a u32) bounds.
+                self.scanned = have as u32;
+            }
+            if have < h.len {
                 // Make room for the whole frame so it arrives in few reads.
                 buf.reserve(h.size + h.len - buf.len());
                 return Ok(None);
             }
+            self.scanned = 0;
             buf.advance(h.size);
-            let mut payload = buf[..h.len].to_vec();
+            let payload = &buf[..h.len];
+            let done = match h.opcode {
+                0x1 | 0x2 if h.fin => Some((payload.to_vec(), h.opcode == 0x2)),
+                0x1 | 0x2 => {
+                    self.partial = Some(Box::new(Partial {
+                        payload: payload.to_vec(),
+                        binary: h.opcode == 0x2,
+                    }));
+                    None
+                }
+                0x0 => match self.partial.as_mut() {
+                    Some(msg) => {
+                        msg.payload.extend_from_slice(payload);
+                        if h.fin {
+                            self.partial.take().map(|m| (m.payload, m.binary))
+                        } else {
+                            None
+                        }
+                    }
+                    None => None,
+                },
+                0x8 => {
+                    out.close_echo(peer_close(payload)?);
+                    return Err(End::PeerClosed);
+                }
+                0x9 => {
+                    out.pong(Bytes::copy_from_slice(payload));
+                    None
+                }
+                // 0xA: parse_header lets no other opcode through.
+                _ => None,
+            };
             buf.advance(h.len);
-            fastwebsockets::unmask(&mut payload, h.mask);
             if buf.is_empty() {
                 if let Some(b) = self.input.take() {
                     give_back(b);
                 }
             }
-            match h.opcode {
-                0x1 | 0x2 if self.partial.is_some() => return Err(FrameError::Interleaved.into()),
-                0x1 => {
-                    if h.fin {
-                        self.since = 0;
-                        return utf8(payload).map(Some);
-                    }
-                    self.partial = Some(payload);
+            if let Some((payload, binary)) = done {
+                self.since = 0;
+                // Text must not end inside a UTF-8 sequence.
+                if std::mem::take(&mut self.utf8) != Utf8Tail::default() {
+                    return Err(FrameError::TextUtf8.into());
                 }
-                0x0 => {
-                    let Some(mut msg) = self.partial.take() else {
-                        return Err(FrameError::StrayContinuation.into());
-                    };
-                    msg.extend_from_slice(&payload);
-                    if h.fin {
-                        self.since = 0;
-                        return utf8(msg).map(Some);
-                    }
-                    self.partial = Some(msg);
-                }
-                0x2 => return Err(FrameError::Binary.into()),
-                0x8 => {
-                    out.close_echo(peer_close(&payload)?);
-                    return Err(End::PeerClosed);
-                }
-                0x9 => out.pong(Bytes::from(payload)),
-                // 0xA: parse_header lets no other opcode through.
-                _ => {}
+                return Ok(Some(Message { payload, binary }));
             }
             // A control frame outside a fragmented message: nothing is unfinished any
             // more. A fragmented message stays unfinished, from its first frame on.
@@ -329,11 +444,11 @@ impl Reader {
     }
 }
 
-fn utf8(msg: Vec<u8>) -> Result<Vec<u8>, End> {
-    match std::str::from_utf8(&msg) {
-        Ok(_) => Ok(msg),
-        Err(_) => Err(FrameError::TextUtf8.into()),
-    }
+/// Unmasks `data`, the payload bytes of a frame from offset `at` on, in place.
+fn unmask_at(data: &mut [u8], mask: [u8; 4], at: usize) {
+    let mut m = mask;
+    m.rotate_left(at % 4);
+    fastwebsockets::unmask(data, m);
 }
 
 #[cfg(test)]
@@ -376,11 +491,11 @@ mod tests {
         client.write_all(&bytes).await.unwrap();
         client.shutdown().await.unwrap();
         let out = Outbound::new(1 << 20);
-        let mut r = Reader::new(max, Bytes::new());
+        let mut r = Reader::new(max, false, Bytes::new());
         let mut msgs = Vec::new();
         loop {
             match r.next(&server, &out) {
-                Ok(Some(m)) => msgs.push(String::from_utf8(m).unwrap()),
+                Ok(Some(m)) => msgs.push(String::from_utf8(m.payload).unwrap()),
                 Ok(None) => server.readable().await.unwrap(),
                 Err(End::Gone) => return (msgs, None, out),
                 Err(e) => return (msgs, Some(e), out),
@@ -466,6 +581,109 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn text_is_checked_across_fragments_split_anywhere() {
+        // "κόσμε" and a 4-byte character, one byte per frame.
+        let text = "κόσμε 𝄞".as_bytes();
+        let mut b = frame(false, 1, &text[..1]);
+        for (i, byte) in text[1..].iter().enumerate() {
+            b.extend(frame(i + 2 == text.len(), 0, &[*byte]));
+        }
+        let (msgs, end, _) = read_all(b, 100).await;
+        assert_eq!((msgs, end), (vec!["κόσμε 𝄞".to_owned()], None));
+        // A message must not end inside a sequence, even when each frame is fine alone.
+        let mut b = frame(false, 1, b"a\xce");
+        b.extend(frame(true, 0, b""));
+        let end = read_all(b, 100).await.1;
+        assert_eq!(end, Some(End::Invalid(FrameError::TextUtf8)));
+        // U+110000 and a surrogate, each split over two frames.
+        for bad in [&[0xf4, 0x90, 0x80, 0x80][..], &[0xed, 0xa0, 0x80]] {
+            let mut b = frame(false, 1, &bad[..1]);
+            b.extend(frame(true, 0, &bad[1..]));
+            let end = read_all(b, 100).await.1;
+            assert_eq!(end, Some(End::Invalid(FrameError::TextUtf8)));
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_text_fails_before_its_frame_is_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(1000, false, Bytes::new());
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(&[b'x'; 200]);
+        let f = frame(true, 1, &payload);
+        // The header and the valid text (up to the middle of a character): no error.
+        client.write_all(&f[..8 + 5]).await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(r.next(&server, &out), Ok(None));
+        // The invalid character, with most of the frame still to come.
+        client.write_all(&f[8 + 5..8 + 13]).await.unwrap();
+        let end = loop {
+            server.readable().await.unwrap();
+            match r.next(&server, &out) {
+                Ok(None) => {}
+                other => break other,
+            }
+        };
+        assert_eq!(end, Err(End::Invalid(FrameError::TextUtf8)));
+    }
+
+    #[tokio::test]
+    async fn an_echo_reader_takes_binary_messages_whole_or_fragmented() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = pair().await;
+        let mut b = frame(true, 2, &[0xff, 0x00]);
+        b.extend(frame(false, 2, &[0xfe]));
+        b.extend(frame(true, 9, b""));
+        b.extend(frame(true, 0, &[0xfd]));
+        b.extend(frame(true, 1, b"t"));
+        client.write_all(&b).await.unwrap();
+        client.shutdown().await.unwrap();
+        let out = Outbound::new(1024);
+        let mut r = Reader::new(100, true, Bytes::new());
+        let mut msgs = Vec::new();
+        loop {
+            match r.next(&server, &out) {
+                Ok(Some(m)) => msgs.push(m),
+                Ok(None) => server.readable().await.unwrap(),
+                Err(e) => {
+                    assert_eq!(e, End::Gone);
+                    break;
+                }
+            }
+        }
+        let msg = |payload: &[u8], binary| Message {
+            payload: payload.to_vec(),
+            binary,
+        };
+        let want = [
+            msg(&[0xff, 0], true),
+            msg(&[0xfe, 0xfd], true),
+            msg(b"t", false),
+        ];
+        assert_eq!(msgs, want);
+    }
+
+    #[test]
+    fn utf8_tails_carry_only_unfinished_sequences() {
+        let mut t = Utf8Tail::default();
+        // "€" (e2 82 ac) fed a byte at a time, then an ASCII byte.
+        for b in [0xe2, 0x82] {
+            assert_eq!(t.feed(&[b]), Ok(()));
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.feed(&[0xac, b'a']), Ok(()));
+        assert_eq!(t, Utf8Tail::default());
+        // An overlong encoding fails at its first byte, a bad continuation at once.
+        assert_eq!(Utf8Tail::default().feed(&[0xc0]), Err(FrameError::TextUtf8));
+        let mut t = Utf8Tail::default();
+        assert_eq!(t.feed(&[0xe2]), Ok(()));
+        assert_eq!(t.feed(&[0x41]), Err(FrameError::TextUtf8));
+    }
+
+    #[tokio::test]
     async fn a_valid_close_is_echoed_an_invalid_one_refused() {
         let (msgs, end, out) = read_all(frame(true, 8, &4000u16.to_be_bytes()), 100).await;
         assert!(msgs.is_empty());
@@ -488,7 +706,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (mut client, server) = pair().await;
         let out = Outbound::new(1024);
-        let mut r = Reader::new(100, Bytes::new());
+        let mut r = Reader::new(100, false, Bytes::new());
         let first = frame(false, 1, b"ab");
         let ping = frame(true, 9, b"p");
         let last = frame(true, 0, b"cd");
@@ -514,7 +732,7 @@ mod tests {
                 break m;
             }
         };
-        assert_eq!(msg, b"abcd");
+        assert_eq!(msg.payload, b"abcd");
         assert_eq!(r.unfinished_for(), None);
     }
 
@@ -523,7 +741,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (mut client, server) = pair().await;
         let out = Outbound::new(1024);
-        let mut r = Reader::new(100, Bytes::new());
+        let mut r = Reader::new(100, false, Bytes::new());
         let mut big = frame(true, 1, &[b'x'; 5000]);
         big.truncate(3000);
         client.write_all(&big).await.unwrap();
@@ -558,7 +776,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (mut client, server) = pair().await;
         let out = Outbound::new(1024);
-        let mut r = Reader::new(100, Bytes::new());
+        let mut r = Reader::new(100, false, Bytes::new());
         let f = frame(true, 1, b"hi");
         // Half a frame: the buffer is kept for the rest.
         client.write_all(&f[..3]).await.unwrap();
@@ -572,7 +790,7 @@ mod tests {
                 break m;
             }
         };
-        assert_eq!(msg, b"hi");
+        assert_eq!(msg.payload, b"hi");
         assert!(r.next(&server, &out).unwrap().is_none());
         assert!(r.input.is_none());
     }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::error::FrameError;
 use crate::hub::Gate;
 use crate::ingress::{self, OnFail};
-use crate::reader::{Discard, End, Reader};
+use crate::reader::{Discard, End, Message, Reader};
 use crate::writer::{Flushed, Outbound, Writer};
 use crate::Ctx;
 
@@ -40,9 +40,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// (an oversized frame, say) is read so that closing does not reset the connection.
 const CLOSE_DISCARD: usize = 1 << 20;
 
-/// The socket of one connection with its read and write state. Only the session task
-/// touches it.
-struct Link {
+/// The socket of one connection with its read and write state. Only the connection's
+/// task touches it (a session's, or an echo connection's: `crate::echo`).
+pub(crate) struct Link {
     io: TcpStream,
     reader: Reader,
     writer: Writer,
@@ -56,10 +56,17 @@ struct Link {
 }
 
 impl Link {
-    fn new(io: TcpStream, early: Bytes, max: usize, out: Outbound) -> Self {
+    /// A connection reading messages up to `max` bytes, text only unless `binary`.
+    pub(crate) fn new(
+        io: TcpStream,
+        early: Bytes,
+        max: usize,
+        binary: bool,
+        out: Outbound,
+    ) -> Self {
         Link {
             io,
-            reader: Reader::new(max, early),
+            reader: Reader::new(max, binary, early),
             writer: Writer::default(),
             out,
             blocked: false,
@@ -122,7 +129,7 @@ impl Link {
     /// The next client message, writing queued frames meanwhile. Ends as soon as a close
     /// was requested, or when a frame (or fragmented message), once begun, is not
     /// complete within `frame_timeout`.
-    async fn next_message(&mut self, frame_timeout: Duration) -> Result<Vec<u8>, End> {
+    pub(crate) async fn next_message(&mut self, frame_timeout: Duration) -> Result<Message, End> {
         loop {
             if self.out.is_closing() {
                 return Err(End::Closing);
@@ -167,6 +174,24 @@ impl Link {
         }
     }
 
+    /// Closes the connection as `end` says (unless the socket is gone): our close frame
+    /// with the code it names, then [`Link::finish`].
+    pub(crate) async fn end(&mut self, conn: u64, end: End) {
+        match end {
+            End::Close(code) => self.out.close(code),
+            End::Invalid(e) => {
+                tracing::debug!(conn, error = %e, "frame refused");
+                self.out.close(e.close_code());
+            }
+            End::Closing | End::PeerClosed => {}
+            End::Gone => self.out.finish(1006),
+        }
+        if end != End::Gone {
+            let broken = matches!(end, End::Invalid(_));
+            self.finish(end == End::PeerClosed, broken).await;
+        }
+    }
+
     /// After the session: writes what is left up to our close frame, then (unless the
     /// peer closed first) ends our side of the stream and reads until the peer's close
     /// frame or the end of its stream, within [`CLOSE_WAIT`] and [`CLOSE_DISCARD`] bytes,
@@ -199,7 +224,7 @@ impl Link {
                 if framed {
                     match self.reader.next(&self.io, &self.out) {
                         Ok(Some(msg)) => {
-                            budget = budget.saturating_sub(msg.len());
+                            budget = budget.saturating_sub(msg.payload.len());
                             if budget == 0 {
                                 return;
                             }
@@ -236,7 +261,7 @@ pub(crate) fn spawn_session(
     let conn = ctx.next_conn_id();
     let out = Outbound::new(ctx.config.outbound_queue_bytes);
     ctx.session_opened(conn, out.clone());
-    let mut link = Link::new(io, early, ctx.config.max_message_bytes, out.clone());
+    let mut link = Link::new(io, early, ctx.config.max_message_bytes, false, out.clone());
     let mut session = Session {
         ctx: ctx.clone(),
         conn,
@@ -261,19 +286,7 @@ pub(crate) fn spawn_session(
 /// Closes the socket (unless gone), then removes the connection everywhere.
 async fn finish_session(mut link: Link, session: Session, end: End) {
     let (ctx, conn, out) = (session.ctx.clone(), session.conn, session.out.clone());
-    match end {
-        End::Close(code) => out.close(code),
-        End::Invalid(e) => {
-            tracing::debug!(conn, error = %e, "frame refused");
-            out.close(e.close_code());
-        }
-        End::Closing | End::PeerClosed => {}
-        End::Gone => out.finish(1006),
-    }
-    if end != End::Gone {
-        let broken = matches!(end, End::Invalid(_));
-        link.finish(end == End::PeerClosed, broken).await;
-    }
+    link.end(conn, end).await;
     if let Some(src) = &session.src {
         ctx.hub().remove(conn);
         let code = out.close_code().unwrap_or(1006);
@@ -339,7 +352,7 @@ impl Session {
         };
         loop {
             let bytes = match link.next_message(self.ctx.config.frame_timeout).await {
-                Ok(b) => b,
+                Ok(m) => m.payload,
                 Err(end) => return end,
             };
             metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
@@ -368,7 +381,7 @@ impl Session {
         let next = link.next_message(cfg.frame_timeout);
         let bytes = match tokio::time::timeout(cfg.hello_timeout, next).await {
             Err(_) => return Err(End::Close(CloseCode::Unauthorized)),
-            Ok(r) => r?,
+            Ok(r) => r?.payload,
         };
         metrics::counter!("relaydesk_edge_frames_in_total").increment(1);
         let Ok(ClientFrame::Hello { token }) = ClientFrame::decode(&bytes) else {
@@ -747,7 +760,7 @@ mod tests {
     #[test]
     fn per_connection_state_stays_small() {
         assert!(
-            std::mem::size_of::<Link>() <= 160,
+            std::mem::size_of::<Link>() <= 152,
             "{}",
             std::mem::size_of::<Link>()
         );

@@ -29,6 +29,7 @@ use crate::Ctx;
 
 /// WebSocket opcodes the edge writes.
 const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -45,6 +46,8 @@ const HEADER_MAX: usize = 12;
 #[derive(Debug)]
 enum Out {
     Text(Bytes),
+    /// Only in echo mode (`crate::echo`): the protocol speaks text.
+    Binary(Bytes),
     Ping,
     Pong(Bytes),
     /// The close frame with this code: always last.
@@ -57,6 +60,7 @@ impl Out {
     fn encode<'a>(&'a self, buf: &mut [u8; HEADER_MAX]) -> (usize, &'a [u8]) {
         match self {
             Out::Text(b) => (header(OP_TEXT, b.len(), buf), b),
+            Out::Binary(b) => (header(OP_BINARY, b.len(), buf), b),
             Out::Ping => (header(OP_PING, 0, buf), &[]),
             Out::Pong(b) => (header(OP_PONG, b.len(), buf), b),
             Out::Close(code) => {
@@ -88,7 +92,7 @@ fn header(opcode: u8, len: usize, buf: &mut [u8; HEADER_MAX]) -> usize {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Out>,
-    /// Bytes of text frames queued or being written.
+    /// Bytes of data frames queued or being written.
     bytes: usize,
     /// The close frame to write once the queue is empty.
     close: Option<u16>,
@@ -135,7 +139,7 @@ pub(crate) fn clock_ms() -> u64 {
 }
 
 impl Outbound {
-    /// A queue that holds at most `limit` bytes of text frames.
+    /// A queue that holds at most `limit` bytes of data frames.
     pub fn new(limit: usize) -> Self {
         Outbound {
             inner: Arc::new(Inner {
@@ -157,19 +161,32 @@ impl Outbound {
     /// Queues a text frame (already serialized JSON). Returns false when the connection
     /// is closing; closes it with 4008 when the bound would be exceeded.
     pub fn send(&self, frame: Bytes) -> bool {
+        self.push_data(Out::Text(frame))
+    }
+
+    /// Queues a binary frame, like [`Outbound::send`] (echo mode only).
+    pub fn send_binary(&self, frame: Bytes) -> bool {
+        self.push_data(Out::Binary(frame))
+    }
+
+    fn push_data(&self, item: Out) -> bool {
+        let (Out::Text(frame) | Out::Binary(frame)) = &item else {
+            return false;
+        };
+        let len = frame.len();
         let mut s = self.lock();
         if s.close.is_some() || s.finished {
             return false;
         }
-        if s.bytes.saturating_add(frame.len()) > self.inner.limit {
+        if s.bytes.saturating_add(len) > self.inner.limit {
             drop(s);
             metrics::counter!("relaydesk_edge_slow_consumer_closes_total").increment(1);
             self.close_discarding(CloseCode::SlowConsumer);
             return false;
         }
-        s.bytes += frame.len();
+        s.bytes += len;
         let wake = s.queue.is_empty();
-        s.queue.push_back(Out::Text(frame));
+        s.queue.push_back(item);
         drop(s);
         if wake {
             self.wake();
@@ -449,7 +466,7 @@ impl Writer {
                     closed = true;
                     break;
                 }
-                Some(Out::Text(b)) => {
+                Some(Out::Text(b) | Out::Binary(b)) => {
                     texts += 1;
                     text_bytes += b.len();
                 }
@@ -509,6 +526,7 @@ mod tests {
         q.iter()
             .map(|o| match o {
                 Out::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                Out::Binary(b) => format!("binary {}", b.len()),
                 Out::Ping => "ping".into(),
                 Out::Pong(_) => "pong".into(),
                 Out::Close(c) => format!("close {c}"),

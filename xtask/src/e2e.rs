@@ -92,13 +92,7 @@ pub async fn run(root: &Path, database_url: &str, redis_url: &str, keys: &Path) 
         edge.env("HEARTBEAT_MS", "5000");
         procs.spawn(&format!("e2e-edge-{}", i + 1), edge, &logs, *port)?;
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building an HTTP client")?;
-    for svc in &mut procs.list {
-        svc.wait_ready(&http).await?;
-    }
+    let http = procs.wait_all_ready().await?;
 
     let setup = setup_tenant(&http, &core_url, &operator).await?;
     let shots = root.join("docs").join("screenshots");

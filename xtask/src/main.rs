@@ -1,7 +1,9 @@
 //! Relaydesk developer commands, run as `cargo xtask <command>`.
 //!
 //! - `test`: fmt, clippy and the test suite against private PostgreSQL and Redis instances,
-//!   then the browser tests and Schemathesis over the HTTP API.
+//!   then the WebSocket conformance run, the browser tests and Schemathesis over the HTTP API.
+//! - `conformance`: the edge's WebSocket framing against Autobahn|Testsuite (also part of
+//!   a full `test`).
 //! - `up`: PostgreSQL, Redis, one core-api and two edges for local development.
 //! - `down`: stop what `up --detach` started.
 //! - `restart-edges`: a rolling restart of the edges `up --detach` started.
@@ -26,6 +28,7 @@ mod bench;
 mod bench_core;
 mod bench_fanout;
 mod bench_scale;
+mod conformance;
 mod e2e;
 mod schemathesis;
 mod services;
@@ -63,6 +66,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Play Autobahn|Testsuite's RFC 6455 cases 1-7 and 9 against an edge in echo mode;
+    /// fails on any case not OK, and rewrites docs/conformance/summary.md. A full
+    /// `cargo xtask test` runs it too.
+    Conformance,
     /// Start PostgreSQL, Redis, one core-api and two edges, with a demo tenant and agent.
     Up {
         /// Leave everything running in the background; stop it with `cargo xtask down`.
@@ -195,6 +202,7 @@ fn main() -> ExitCode {
                 };
                 test::run(&root, no_lint, only, &args).await
             }
+            Command::Conformance => conformance::standalone(&root).await,
             Command::Up { detach, edges } => up::up(&root, detach, edges).await,
             Command::Down => up::down(&root).map(|()| 0),
             Command::RestartEdges { pause } => {

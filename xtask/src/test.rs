@@ -1,8 +1,9 @@
 //! `cargo xtask test`: lints, then the workspace tests against private PostgreSQL and Redis
 //! instances in `.relaydesk/test/<pid>/` (one folder per run, so runs in one checkout
 //! never share instances; always stopped at the end, removed when the tests pass), then
-//! the browser tests of the console and the widget (`e2e`) and Schemathesis over the HTTP
-//! API (`schemathesis`) on the same instances.
+//! the RFC 6455 conformance run of an edge in echo mode (`conformance`), the browser tests
+//! of the console and the widget (`e2e`) and Schemathesis over the HTTP API
+//! (`schemathesis`) on the same instances.
 
 use std::path::Path;
 
@@ -94,10 +95,19 @@ pub async fn run(root: &Path, no_lint: bool, only: Only, extra: &[String]) -> Re
         .await?
     };
 
-    // The browser and schema tests need the suite's services; they run once the suite
-    // has passed, after a full suite (not after a filtered one), or alone.
+    // The conformance, browser and schema stages need the suite's services; they run once
+    // the suite has passed, after a full suite (not after a filtered one), or alone.
     let full = only == Only::All && extra.is_empty();
     let (app_url, redis_url) = (pg.url("relaydesk_app", "relaydesk"), redis.url());
+    let status = if full && status.success() {
+        stage(
+            "conformance",
+            crate::conformance::run(root, &redis_url, &keys),
+        )
+        .await
+    } else {
+        status
+    };
     let status = if (full || only == Only::Browser) && status.success() {
         stage(
             "browser tests",

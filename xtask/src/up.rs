@@ -128,13 +128,7 @@ pub async fn up(root: &Path, detach: bool, edges: usize) -> Result<u8> {
         procs.spawn(&format!("edge-{}", i + 1), edge, &logs, *port)?;
     }
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building an HTTP client")?;
-    for svc in &mut procs.list {
-        svc.wait_ready(&http).await?;
-    }
+    let http = procs.wait_all_ready().await?;
 
     let demo = Demo::ensure(&http, &core_url, &operator_token, &dev.join("demo.json")).await?;
 
@@ -396,10 +390,7 @@ pub async fn restart_edges(root: &Path, pause: Duration) -> Result<u8> {
     }
     let keys = dev.join("keys");
     let logs = dev.join("logs");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building an HTTP client")?;
+    let http = http_client()?;
     for (i, ((name, pid), port)) in edges.into_iter().zip(ports).enumerate() {
         check_interrupted()?;
         if i > 0 {
@@ -489,6 +480,14 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// An HTTP client for the services' APIs and readiness checks (10 s per request).
+pub(crate) fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building an HTTP client")
+}
+
 // ---- child services ------------------------------------------------------------------------
 
 pub(crate) struct Service {
@@ -543,6 +542,16 @@ pub(crate) struct Procs {
 }
 
 impl Procs {
+    /// Waits until every service answers `GET /readyz`; returns the HTTP client it used
+    /// (see [`http_client`]) for what follows.
+    pub(crate) async fn wait_all_ready(&mut self) -> Result<reqwest::Client> {
+        let http = http_client()?;
+        for svc in &mut self.list {
+            svc.wait_ready(&http).await?;
+        }
+        Ok(http)
+    }
+
     /// Starts `cmd` in its own process group (so that Ctrl-C reaches only xtask, which then stops
     /// it in order), output to `<logs>/<name>.log`.
     pub(crate) fn spawn(&mut self, name: &str, cmd: Command, logs: &Path, port: u16) -> Result<()> {
