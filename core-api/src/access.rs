@@ -278,6 +278,22 @@ pub async fn check(
     require(action, by, rel, conv)
 }
 
+/// Whether an agent that neither holds nor joined a conversation may take it from the
+/// queue, and whether it held it before (`$1` tenant, `$2` conversation, `$3` agent);
+/// built once, prepared once per connection.
+static RELATION_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT c.status = 'queued' AND a.kind = 'human' AND {},
+                c.previous_assignee_id IS NOT DISTINCT FROM $3
+             OR EXISTS (SELECT 1 FROM participants p
+                         WHERE p.tenant_id = $1 AND p.conversation_id = c.id
+                           AND p.agent_id = $3)
+           FROM conversations c, agents a
+          WHERE c.tenant_id = $1 AND c.id = $2 AND a.tenant_id = $1 AND a.id = $3",
+        eligible_sql("$1", "$3")
+    )
+});
+
 /// The relation of `by` to `conv`.
 pub async fn relation(
     db: &impl GenericClient,
@@ -293,21 +309,8 @@ pub async fn relation(
             id,
             role: Role::Agent | Role::Bot,
         } => {
-            let row = db
-                .query_opt(
-                    &format!(
-                        "SELECT c.status = 'queued' AND a.kind = 'human' AND {},
-                                c.previous_assignee_id IS NOT DISTINCT FROM $3
-                             OR EXISTS (SELECT 1 FROM participants p
-                                         WHERE p.tenant_id = $1 AND p.conversation_id = c.id
-                                           AND p.agent_id = $3)
-                           FROM conversations c, agents a
-                          WHERE c.tenant_id = $1 AND c.id = $2 AND a.tenant_id = $1 AND a.id = $3",
-                        eligible_sql("$1", "$3")
-                    ),
-                    &[&tenant, &conv.id, &id],
-                )
-                .await?;
+            let stmt = db.prepare_cached(&RELATION_SQL).await?;
+            let row = db.query_opt(&stmt, &[&tenant, &conv.id, &id]).await?;
             let flag = |i: usize| {
                 row.as_ref()
                     .and_then(|r| r.get::<_, Option<bool>>(i))

@@ -756,11 +756,6 @@ pub async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> Resul
     let mut client = state.pool.get().await?;
     let tx = db::tenant_tx(&mut client, tenant).await?;
     tx.execute(
-        "DELETE FROM revoked_sessions WHERE tenant_id = $1 AND expires_at < now()",
-        &[&tenant],
-    )
-    .await?;
-    tx.execute(
         "INSERT INTO revoked_sessions (tenant_id, sid, expires_at)
          VALUES ($1, $2, to_timestamp($3::float8 / 1000)) ON CONFLICT DO NOTHING",
         &[&tenant, &sid, &(until as f64)],
